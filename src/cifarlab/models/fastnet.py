@@ -1,0 +1,1 @@
+"""Model family fastnet (being written)."""

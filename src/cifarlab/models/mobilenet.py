@@ -1,0 +1,1 @@
+"""Model family mobilenet (being written)."""

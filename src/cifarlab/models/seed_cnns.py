@@ -1,0 +1,1 @@
+"""Model family seed_cnns (being written)."""
