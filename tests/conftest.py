@@ -18,7 +18,7 @@ SHARED = REPO.parent / "shared"
 def _need(path: Path, what: str) -> Path:
     if path.exists():
         return path
-    msg = f"{what} not found at {path}; set the environment variable or put ../shared beside the repo"
+    msg = f"{what} not found at {path}; set the variable or put ../shared beside the repo"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(msg)
     pytest.skip(msg)

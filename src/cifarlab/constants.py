@@ -1,6 +1,6 @@
 """Facts about CIFAR-10, defined once for training, evaluation, export and serving.
 
-    python -c "from cifarlab.constants import CLASSES; print(CLASSES)"
+python -c "from cifarlab.constants import CLASSES; print(CLASSES)"
 """
 
 CLASSES: tuple[str, ...] = (

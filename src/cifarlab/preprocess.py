@@ -1,6 +1,6 @@
 """The one evaluation preprocessing path, in numpy so that serving needs no torch.
 
-    python -c "import numpy as np; from cifarlab.preprocess import normalize; print(normalize(np.zeros((1, 32, 32, 3), np.uint8)).shape)"
+    python -c "from cifarlab.preprocess import normalize; help(normalize)"
 
 uint8 RGB images `(N, 32, 32, 3)` -> float32 `(N, 3, 32, 32)`, scaled to 0-1 and normalised
 with the CIFAR-10 training mean/std. Training, evaluation, export checks, the CLI `predict` and

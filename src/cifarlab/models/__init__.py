@@ -1,6 +1,6 @@
 """Model families; importing this package registers every model.
 
-    python -c "from cifarlab.models import get_model; print(get_model('baseline_cnn'))"
+python -c "from cifarlab.models import get_model; print(get_model('baseline_cnn'))"
 """
 
 from cifarlab.models import fastnet, mobilenet, seed_cnns
