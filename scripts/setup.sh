@@ -11,9 +11,15 @@ python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 stamp=".venv/.cifarlab-setup-$(echo "$extras" | tr ',' '-')"
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  exit 0
-fi
+# Done already if an earlier setup with the same pyproject.toml covered every requested extra
+# (so `serve` after `train,serve,dev` needs no network).
+for done in .venv/.cifarlab-setup-*; do
+  [ -f "$done" ] && [ "$(cat "$done")" = "$want" ] || continue
+  have=",${done#.venv/.cifarlab-setup-},"; have=${have//-/,}
+  missing=0
+  for e in ${extras//,/ }; do [[ "$have" == *",$e,"* ]] || missing=1; done
+  [ "$missing" = 0 ] && exit 0
+done
 .venv/bin/python -m pip install --quiet --upgrade pip
 if [[ ",$extras," == *",train,"* ]]; then
   # The CPU machines this project targets carry these exact wheels locally; a plain
