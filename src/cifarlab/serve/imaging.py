@@ -1,6 +1,6 @@
 """Decode an uploaded image file into one CIFAR-sized RGB array: the single decode path.
 
-    python -c "from cifarlab.serve.imaging import load_image; print(load_image(open('cat.jpg', 'rb').read()).shape)"
+    cifarlab predict cat.jpg   # the CLI; /predict and /predict/batch decode the same way
 
 `load_image(data)` turns the bytes of any common image file into a uint8 `(32, 32, 3)` RGB
 array, ready for `cifarlab.preprocess.normalize`. The CLI `cifarlab predict` and the API's
