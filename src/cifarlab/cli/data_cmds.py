@@ -1,7 +1,8 @@
-"""Subcommands of the data area: `data prepare` and `data info`.
+"""Subcommands of the data area: `data prepare`, `data info` and `eda`.
 
 cifarlab data prepare --source ../shared/datasets/cifar-10-batches-bin
 cifarlab data info
+cifarlab eda --out reports
 """
 
 from __future__ import annotations
@@ -57,6 +58,20 @@ def register(sub: Any) -> None:
     p.add_argument("--verify", action="store_true", help="also re-hash every cached file")
     p.set_defaults(func=_info)
 
+    p = sub.add_parser(
+        "eda",
+        help="write EDA figures and eda.json from the prepared data",
+        description=(
+            "Write sample_per_class.png, class_distribution.png and channels_distribution.png "
+            "into OUT/figures/ and the counts and channel statistics into OUT/eda.json."
+        ),
+    )
+    _cache_arg(p)
+    p.add_argument(
+        "--out", type=Path, default=Path("reports"), help="output folder (default: reports)"
+    )
+    p.set_defaults(func=_eda)
+
 
 def _cache_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -89,4 +104,13 @@ def _info(args: argparse.Namespace) -> int:
         data.verify_cache(Path(info["path"]))
         info["verified"] = True
     print(json.dumps(info, indent=2))
+    return 0
+
+
+def _eda(args: argparse.Namespace) -> int:
+    from cifarlab import eda  # matplotlib is a training-side dependency
+
+    written = eda.run(args.out, args.cache_dir)
+    for path in written:
+        print(path)
     return 0
