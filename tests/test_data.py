@@ -158,6 +158,8 @@ def test_prepare_from_folder_caches_all_splits(source: tuple[Path, DataSpec], tm
     assert full_y.dtype == np.int64
     assert (train_x.shape[0], val_x.shape[0], test_x.shape[0]) == (80, 20, 20)
     assert np.bincount(val_y).tolist() == [2] * 10
+    assert np.bincount(train_y).tolist() == [8] * 10
+    assert test_y.tolist() == (np.arange(RECORDS) % 10).tolist()
     # Split images are the indexed official images, labels travel with them.
     train_idx, val_idx = data.load_split_indices(cache)
     assert np.array_equal(train_x, full_x[train_idx]) and np.array_equal(val_y, full_y[val_idx])
