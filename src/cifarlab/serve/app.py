@@ -1,0 +1,475 @@
+"""The HTTP API: `create_app(settings)` builds a FastAPI app serving one ONNX model.
+
+    cifarlab serve --port 8000    # then open http://127.0.0.1:8000/ui or /docs
+
+Endpoints: `GET /` (liveness), `GET /health` (model and settings; 503 until the model is
+loaded), `POST /predict` (multipart field `file`), `POST /predict/batch` (field `files`, 1 to
+`max_batch_files`), `GET /metrics` (Prometheus), `GET /ui` (the web page), `GET /docs`.
+
+Uploads are read with limits enforced while streaming (`uploads.py`), decoded in a worker
+thread (`imaging.load_image`), and classified through the dynamic micro-batcher
+(`batching.py`), whose inference thread is the only caller of ONNX Runtime. Every bad input
+gets a 4xx JSON `{"detail": "..."}` that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import onnxruntime as ort
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import HTTPException
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cifarlab import __version__
+from cifarlab.serve.batching import BatcherClosedError, MicroBatcher
+from cifarlab.serve.imaging import ImageError, load_image
+from cifarlab.serve.predictor import Prediction, Predictor
+from cifarlab.serve.settings import Settings
+from cifarlab.serve.uploads import UploadError, read_uploads
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+# ---- response models -------------------------------------------------------------------
+
+
+class RootResponse(BaseModel):
+    status: str = Field(description="'ok' once the model is loaded, else 'loading'")
+    service: str = "cifarlab"
+    version: str = __version__
+    docs: str = "/docs"
+    ui: str = "/ui"
+
+
+class ModelDescription(BaseModel):
+    name: str
+    version: str = Field(description="first 12 hex digits of the ONNX file's sha256")
+    sha256: str | None
+    classes: list[str]
+    input_size: int
+    test_accuracy: float | None
+    tta: bool
+    created: str | None
+
+
+class BatchingDescription(BaseModel):
+    max_batch_size: int
+    max_wait_ms: float
+
+
+class LimitsDescription(BaseModel):
+    max_file_bytes: int
+    max_pixels: int
+    max_batch_files: int
+
+
+class HealthResponse(BaseModel):
+    status: str
+    model: ModelDescription
+    onnxruntime_version: str
+    cifarlab_version: str
+    uptime_seconds: float
+    batching: BatchingDescription
+    limits: LimitsDescription
+
+
+class PredictResponse(BaseModel):
+    predicted_class: str
+    confidence: float = Field(description="probability of the predicted class, 0-1")
+    probabilities: dict[str, float] = Field(description="every class, in model order")
+    filename: str | None = None
+    model: str
+    model_version: str
+    latency_ms: float = Field(description="server time for this request, upload to answer")
+
+
+class BatchItem(BaseModel):
+    filename: str | None
+    predicted_class: str
+    confidence: float
+    probabilities: dict[str, float]
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchItem] = Field(description="one per uploaded file, in upload order")
+    count: int
+    model: str
+    model_version: str
+    latency_ms: float
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "file or request too large"},
+    422: {"model": ErrorResponse, "description": "not a usable image or upload"},
+    503: {"model": ErrorResponse, "description": "model not loaded yet"},
+}
+
+
+def _upload_body(field: str, many: bool) -> dict[str, Any]:
+    """OpenAPI request body for an upload the endpoint parses itself (so /docs can send it)."""
+    item = {"type": "string", "format": "binary"}
+    prop = {"type": "array", "items": item} if many else item
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "properties": {field: prop}, "required": [field]}
+                }
+            },
+        }
+    }
+
+
+# ---- metrics ---------------------------------------------------------------------------
+
+
+class Metrics:
+    """Prometheus metrics in a registry of the app's own (several apps can share a process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "cifarlab_requests",
+            "HTTP requests by route template, method and status code",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "cifarlab_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["route"],
+            buckets=(0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "cifarlab_batch_size",
+            "images per ONNX Runtime call (dynamic batching)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
+        self.images = Counter("cifarlab_images", "images classified", registry=self.registry)
+        self.model_info = Info("cifarlab_model", "the served model", registry=self.registry)
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by route template (not raw path: bounded label values)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, known_paths: frozenset[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        # Paths of routes that do not set scope["route"] (docs, openapi.json); any other
+        # unrouted path is "unmatched", so random URLs cannot grow the label set.
+        self.known_paths = known_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # what the client sees if the app raises before answering
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = getattr(scope.get("route"), "path", None) or self._label(scope["path"])
+            self.metrics.requests.labels(path, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+
+    def _label(self, path: str) -> str:
+        if path in self.known_paths:
+            return path
+        return "/static" if path.startswith("/static/") else "unmatched"
+
+
+# ---- the service -----------------------------------------------------------------------
+
+
+class Service:
+    """What the endpoints need: settings, the loaded predictor, the batcher, the metrics."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.started = time.monotonic()
+        self.predictor: Predictor | None = None
+        self.batcher: MicroBatcher[Prediction] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.predictor is not None and self.batcher is not None and self.batcher.running
+
+    def _run_batch(self, images: np.ndarray) -> list[Prediction]:
+        assert self.predictor is not None
+        results = self.predictor.predict_arrays(images)
+        self.metrics.images.inc(len(results))
+        return results
+
+    async def start(self, predictor: Predictor | None = None) -> None:
+        s = self.settings
+        if predictor is None:
+            # Reading and optimising the graph takes a moment: keep the event loop free.
+            predictor = await run_in_threadpool(Predictor, s.model_path, threads=s.ort_threads)
+        info = predictor.info
+        self.metrics.model_info.info(
+            {
+                "name": info.name,
+                "version": info.version,
+                "tta": str(info.tta).lower(),
+                "test_accuracy": "" if info.test_accuracy is None else f"{info.test_accuracy}",
+                "onnxruntime": ort.__version__,
+            }
+        )
+        batcher = MicroBatcher(
+            self._run_batch,
+            max_batch_size=s.max_batch_size,
+            max_wait_ms=s.max_wait_ms,
+            on_batch=self.metrics.batch_size.observe,
+        )
+        await batcher.start()
+        self.predictor, self.batcher = predictor, batcher
+        log.info(
+            "serving %s (version %s, test accuracy %s) from %s",
+            info.name,
+            info.version,
+            info.test_accuracy,
+            predictor.path,
+        )
+
+    async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
+        self.batcher = None
+        self.predictor = None
+
+    async def decode(self, data: bytes) -> np.ndarray:
+        return await run_in_threadpool(load_image, data, max_pixels=self.settings.max_pixels)
+
+    async def classify(self, image: np.ndarray) -> Prediction:
+        if self.batcher is None:
+            raise HTTPException(503, "the model is not loaded")
+        try:
+            return await self.batcher.submit(image)
+        except BatcherClosedError:
+            raise HTTPException(503, "the server is shutting down; retry shortly") from None
+
+
+def get_service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    if not service.ready:
+        raise HTTPException(503, "the model is not loaded yet; retry in a moment")
+    return service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+# ---- routes ----------------------------------------------------------------------------
+
+router = APIRouter()
+
+
+@router.get("/", response_model=RootResponse, summary="Liveness check")
+async def root(request: Request) -> RootResponse:
+    service: Service = request.app.state.service
+    return RootResponse(status="ok" if service.ready else "loading")
+
+
+@router.get(
+    "/health",
+    response_model=HealthResponse,
+    responses={503: _ERRORS[503]},
+    summary="Model, runtime and settings; 503 until the model is loaded",
+)
+async def health(service: ServiceDep) -> HealthResponse:
+    assert service.predictor is not None
+    info = service.predictor.info
+    s = service.settings
+    return HealthResponse(
+        status="ok",
+        model=ModelDescription(
+            name=info.name,
+            version=info.version,
+            sha256=info.sha256,
+            classes=list(info.classes),
+            input_size=info.input_size,
+            test_accuracy=info.test_accuracy,
+            tta=info.tta,
+            created=info.created,
+        ),
+        onnxruntime_version=ort.__version__,
+        cifarlab_version=__version__,
+        uptime_seconds=round(time.monotonic() - service.started, 3),
+        batching=BatchingDescription(max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms),
+        limits=LimitsDescription(
+            max_file_bytes=s.max_file_bytes,
+            max_pixels=s.max_pixels,
+            max_batch_files=s.max_batch_files,
+        ),
+    )
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses=_ERRORS,
+    openapi_extra=_upload_body("file", many=False),
+    summary="Classify one image (multipart field 'file')",
+)
+async def predict(request: Request, service: ServiceDep) -> PredictResponse:
+    start = time.perf_counter()
+    (upload,) = await read_uploads(
+        request,
+        field_name="file",
+        max_files=1,
+        max_file_bytes=service.settings.max_file_bytes,
+    )
+    image = await service.decode(upload.data)
+    result = await service.classify(image)
+    info = service.predictor.info if service.predictor else None
+    return PredictResponse(
+        predicted_class=result.predicted_class,
+        confidence=result.confidence,
+        probabilities=result.probabilities,
+        filename=upload.filename or None,
+        model=info.name if info else "",
+        model_version=info.version if info else "",
+        latency_ms=round((time.perf_counter() - start) * 1000, 3),
+    )
+
+
+@router.post(
+    "/predict/batch",
+    response_model=BatchResponse,
+    responses=_ERRORS,
+    openapi_extra=_upload_body("files", many=True),
+    summary="Classify 1 to max_batch_files images (multipart field 'files')",
+)
+async def predict_batch(request: Request, service: ServiceDep) -> BatchResponse:
+    start = time.perf_counter()
+    uploads = await read_uploads(
+        request,
+        field_name="files",
+        max_files=service.settings.max_batch_files,
+        max_file_bytes=service.settings.max_file_bytes,
+    )
+    images = []
+    for i, upload in enumerate(uploads, start=1):
+        try:
+            images.append(await service.decode(upload.data))
+        except ImageError as exc:
+            # Name the culprit: the client sent several files.
+            name = f" {upload.filename!r}" if upload.filename else ""
+            raise ImageError(f"file {i}{name}: {exc}", exc.status_code) from None
+    # Submitted together, they reach the worker together and share one ONNX Runtime call
+    # (with other requests' images, if any are queued).
+    results = await asyncio.gather(*(service.classify(img) for img in images))
+    info = service.predictor.info if service.predictor else None
+    return BatchResponse(
+        results=[
+            BatchItem(
+                filename=u.filename or None,
+                predicted_class=r.predicted_class,
+                confidence=r.confidence,
+                probabilities=r.probabilities,
+            )
+            for u, r in zip(uploads, results, strict=True)
+        ],
+        count=len(results),
+        model=info.name if info else "",
+        model_version=info.version if info else "",
+        latency_ms=round((time.perf_counter() - start) * 1000, 3),
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    service: Service = request.app.state.service
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/ui", summary="The web page", response_class=FileResponse, include_in_schema=False)
+async def ui() -> Response:
+    page = STATIC_DIR / "index.html"
+    if not page.is_file():
+        return JSONResponse({"detail": "the web page is not installed"}, status_code=404)
+    return FileResponse(page, media_type="text/html")
+
+
+# ---- the app ---------------------------------------------------------------------------
+
+
+async def _upload_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, UploadError)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+
+async def _image_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ImageError)
+    return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+
+
+def create_app(settings: Settings | None = None, *, predictor: Predictor | None = None) -> FastAPI:
+    """A FastAPI app serving `settings.model_path` (or an already loaded `predictor`).
+
+    The model is loaded once by the lifespan, so use the app as a context manager in tests
+    (`with TestClient(create_app()) as client: ...`).
+    """
+    settings = settings or Settings()
+    metrics_ = Metrics()
+    service = Service(settings, metrics_)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start(predictor)
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title="cifarlab",
+        version=__version__,
+        description="CIFAR-10 image classification: upload an image, get the class.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.include_router(router)
+    if STATIC_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_exception_handler(UploadError, _upload_error)
+    app.add_exception_handler(ImageError, _image_error)
+    known = frozenset(p for r in app.routes if "{" not in (p := getattr(r, "path", "{")))
+    app.add_middleware(MetricsMiddleware, metrics=metrics_, known_paths=known)
+    return app
