@@ -188,6 +188,19 @@ def test_second_prepare_only_verifies_the_cache(source: tuple[Path, DataSpec], t
     assert (ddir / "manifest.json").stat().st_mtime_ns == stamp
 
 
+def test_prepare_cleans_up_after_a_killed_run(source: tuple[Path, DataSpec], tmp_path: Path):
+    folder, spec = source
+    cache = tmp_path / "cache"
+    (cache / f".{data.CACHE_NAME}.tmp-abc").mkdir(parents=True)
+    (cache / f".{data.CACHE_NAME}.tmp-abc" / "train_full_images.npy").write_bytes(b"half")
+    (cache / "downloads").mkdir()
+    (cache / "downloads" / ".cifar-10-binary.tar.gz.x.part").write_bytes(b"half")
+    prepare(folder, cache, spec=spec, progress=False)
+    names = sorted(p.name for p in cache.iterdir())
+    assert names == [".prepare.lock", data.CACHE_NAME, "downloads"]
+    assert list((cache / "downloads").iterdir()) == []
+
+
 def test_prepare_rebuilds_a_tampered_cache(source: tuple[Path, DataSpec], tmp_path: Path):
     folder, spec = source
     cache = tmp_path / "cache"

@@ -488,6 +488,19 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _remove_leftovers(ddir: Path) -> None:
+    """Delete temp folders and partial downloads of a run that was killed (we hold the lock)."""
+    root = ddir.parent
+    stale = [*root.glob(f".{ddir.name}.tmp-*"), *root.glob(f".{ddir.name}.old-*")]
+    stale += list((root / "downloads").glob(".*.part"))
+    for path in stale:
+        log.info("removing leftover %s", path)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def _resolve_source(source: StrPath | None) -> Path | None:
     if source is None:
         env = os.environ.get(ENV_SOURCE)
@@ -522,6 +535,7 @@ def prepare(
     """
     ddir = dataset_dir(cache_dir)
     with _lock(ddir.parent / ".prepare.lock"):
+        _remove_leftovers(ddir)
         if not force and (ddir / "manifest.json").exists():
             try:
                 verify_cache(ddir, spec, val_fraction, seed)
