@@ -402,9 +402,12 @@ def build_scheduler(
 ) -> Any:
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
-        # Warm up over the first 25% of steps, then cosine-anneal to lr / (25 * 1e4).
+        if total < 3:  # OneCycleLR divides by its phase lengths; nothing to schedule anyway
+            return None
+        # Warm up over the first 25% of steps (at least 2), then cosine-anneal to
+        # lr / (25 * 1e4).
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.25
+            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=min(0.5, max(0.25, 2 / total))
         )
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
