@@ -116,6 +116,9 @@ class MobileNetV2Transfer(nn.Module):
     """MobileNetV2 features + GAP -> Dropout(0.5) -> Linear(1280,128) -> ReLU -> Dropout(0.3)
     -> Linear(128,10), on CIFAR-normalised 32x32 input."""
 
+    in_scale: torch.Tensor
+    in_shift: torch.Tensor
+
     def __init__(
         self,
         pretrained: bool = True,
