@@ -1,0 +1,195 @@
+"""Fast-training path: presets, loader, whitening, a tiny end-to-end run and its run folder.
+
+.venv/bin/pytest -q tests/test_fast.py
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cifarlab import fast
+from cifarlab.checkpoint import load_model_from_run
+from cifarlab.cli import build_parser
+from cifarlab.cli.fast_cmds import PRESET_NAMES
+from cifarlab.models import get_model
+from cifarlab.models.fastnet import FastNet
+
+
+def _tiny_cfg(**kw: object) -> fast.FastConfig:
+    # fp32, narrow, small batches: seconds on any CPU.
+    base = dict(
+        epochs=3.0,
+        low_res_epochs=1,
+        low_res=24,
+        batch_size=32,
+        widths=(8, 16, 16),
+        whiten_samples=64,
+        eval_batch_size=64,
+        threads=1,
+        lr=2.0,
+    )
+    base.update(kw)
+    return fast.get_preset("quick", **base)
+
+
+def _synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose class decides the mean colour of a square: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.int64)
+    images = rng.integers(0, 60, (n, 32, 32, 3)).astype(np.uint8)
+    colours = rng.integers(0, 256, (10, 3))
+    images[:, 8:24, 8:24, :] = np.clip(colours[labels][:, None, None, :], 0, 255).astype(np.uint8)
+    return images, labels
+
+
+@pytest.mark.parametrize("name", sorted(fast.PRESETS))
+def test_presets_parse_and_build(name: str) -> None:
+    cfg = fast.get_preset(name)
+    assert cfg.name == name
+    model = get_model("fastnet", **cfg.model_kwargs())
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+    # The cheap early phase runs at low resolution through the same net.
+    assert model(torch.randn(2, 3, cfg.low_res, cfg.low_res)).shape == (2, 10)
+    args = build_parser().parse_args(["fast-train", "--preset", name, "--seed", "3"])
+    assert args.preset == name and args.seed == 3
+
+
+def test_cli_presets_match_library() -> None:
+    assert set(PRESET_NAMES) == set(fast.PRESETS)
+
+
+def test_unknown_preset_and_setting_are_clear_errors() -> None:
+    with pytest.raises(fast.FastConfigError, match="fast94"):
+        fast.get_preset("fast99")
+    with pytest.raises(fast.FastConfigError, match="unknown fast-training settings"):
+        fast.get_preset("quick", epocs=3)
+    with pytest.raises(fast.FastConfigError, match="tta_level"):
+        fast.get_preset("quick", tta_level=5)
+
+
+def test_presets_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.PRESETS["fast94"].epochs = 1  # type: ignore[misc]
+
+
+def test_loader_crops_flips_and_normalises_like_preprocess() -> None:
+    images, labels = _synthetic(8)
+    g = torch.Generator().manual_seed(0)
+    loader = fast.GpuStyleLoader(images, labels, 4, translate=0, generator=g)
+    want = fast.to_input(images)
+    for epoch in (0, 1):
+        order_flips = []
+        for x, y in loader.epoch(epoch, 32):
+            assert x.shape == (4, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
+            for xi, yi in zip(x, y, strict=True):
+                # With no translate every crop is the image itself or its mirror.
+                match = [
+                    i
+                    for i in range(8)
+                    if labels[i] == yi and torch.allclose(xi, want[i], atol=1e-5)
+                ]
+                mirror = [
+                    i
+                    for i in range(8)
+                    if labels[i] == yi and torch.allclose(xi, want[i].flip(2), atol=1e-5)
+                ]
+                assert match or mirror
+                order_flips.append(bool(mirror) and not match)
+        assert len(order_flips) == 8
+
+
+def test_alternating_flips_flip_each_image_every_other_epoch() -> None:
+    images, labels = _synthetic(16)
+    loader = fast.GpuStyleLoader(images, labels, 16, 0, torch.Generator().manual_seed(1))
+    flips = [loader.flip_base ^ bool(e % 2) for e in range(3)]
+    assert torch.equal(flips[0], ~flips[1]) and torch.equal(flips[0], flips[2])
+
+
+def test_low_res_crops_have_the_requested_size() -> None:
+    images, labels = _synthetic(8)
+    loader = fast.GpuStyleLoader(images, labels, 8, 2, torch.Generator().manual_seed(0))
+    x, _ = next(iter(loader.epoch(0, 24)))
+    assert x.shape == (8, 3, 24, 24)
+    assert torch.isfinite(x).all()
+
+
+def test_whitening_decorrelates_patches() -> None:
+    images, _ = _synthetic(64)
+    x = fast.to_input(images, channels_last=False)
+    model = get_model("fastnet", widths=(8, 8, 8))
+    assert isinstance(model, FastNet)
+    model.init_whitening(x)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(x, model.whiten.weight[:12])  # (N, 12, 31, 31)
+    flat = out.permute(1, 0, 2, 3).reshape(12, -1)
+    cov = torch.cov(flat)
+    # Near-identity covariance on the data it was fitted to (eps keeps it slightly below 1).
+    assert torch.allclose(cov, torch.diag(torch.diagonal(cov)), atol=0.05)
+    assert (torch.diagonal(cov) > 0.5).all()
+    assert not model.whiten.weight.requires_grad
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    s = fast.lr_schedule(100, start=0.2, peak=0.25, end=0.1)
+    assert s[0] == pytest.approx(0.2) and s.max() == pytest.approx(1.0)
+    assert int(np.argmax(s)) == 25 and s[-1] == pytest.approx(0.1)
+
+
+def test_few_steps_lower_the_loss_without_nan() -> None:
+    images, labels = _synthetic(256)
+    result = fast.train(_tiny_cfg(epochs=4.0), (images, labels), (images[:64], labels[:64]))
+    assert result["train_images"] == 4 * (256 // 32) * 32
+    assert np.isfinite(result["test_accuracy"])
+
+
+def test_training_loss_falls_per_epoch(tmp_path: Path) -> None:
+    images, labels = _synthetic(256)
+    fast.train(_tiny_cfg(epochs=4.0), (images, labels), None, run_dir=tmp_path)
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    losses = [float(r["train_loss"]) for r in rows]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+
+
+def test_fixed_seed_gives_identical_results(tmp_path: Path) -> None:
+    images, labels = _synthetic(128)
+    cfg = _tiny_cfg(epochs=2.0)
+    a = fast.train(cfg, (images, labels), (images[:32], labels[:32]), tmp_path / "a", seed=5)
+    b = fast.train(cfg, (images, labels), (images[:32], labels[:32]), tmp_path / "b", seed=5)
+    assert a["test_accuracy"] == b["test_accuracy"]
+    ma, _ = load_model_from_run(tmp_path / "a")
+    mb, _ = load_model_from_run(tmp_path / "b")
+    for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    rows = []
+    for run in ("a", "b"):
+        with open(tmp_path / run / "metrics.csv") as f:
+            rows.append([{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)])
+    assert rows[0] == rows[1]
+
+
+def test_run_folder_reloads_and_matches_reported_accuracy(tmp_path: Path) -> None:
+    images, labels = _synthetic(128)
+    test = (images[:48], labels[:48])
+    cfg = _tiny_cfg(epochs=2.0, tta_level=0)
+    result = fast.train(cfg, (images, labels), test, run_dir=tmp_path, seed=1)
+    for name in ("config.json", "env.json", "metrics.csv", "result.json"):
+        assert (tmp_path / name).is_file(), name
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert header == "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds"
+    model, meta = load_model_from_run(tmp_path, "best")
+    assert meta["model"] == "fastnet" and meta["config"]["seed"] == 1
+    assert meta["metrics"]["test_acc"] == result["test_accuracy"]
+    with torch.inference_mode():
+        logits = model(fast.to_input(test[0], channels_last=False))
+    assert fast.accuracy(logits, test[1]) == pytest.approx(result["test_accuracy"])
+    assert json.loads((tmp_path / "result.json").read_text())["seed"] == 1
