@@ -81,10 +81,10 @@ def check_batch(batch_size: int, info: DistInfo) -> int:
 
 
 def shard(global_idx: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """This rank's contiguous slice of one global batch of indices."""
+    """This rank's contiguous slice (along dim 0) of one global batch of indices or params."""
     if not info.enabled:
         return global_idx
-    per = global_idx.numel() // info.world_size
+    per = global_idx.shape[0] // info.world_size
     return global_idx[info.rank * per : (info.rank + 1) * per]
 
 
