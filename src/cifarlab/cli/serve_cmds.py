@@ -1,10 +1,11 @@
-"""`cifarlab export` and `cifarlab serve`: from a trained run to a running API.
+"""`cifarlab export`, `cifarlab serve` and `cifarlab predict`: from a trained run to answers.
 
     cifarlab export runs/fast94 --out src/cifarlab/serve/models/default.onnx --tta
     cifarlab serve --host 127.0.0.1 --port 8000 [--model PATH.onnx]
+    cifarlab predict cat.jpg dog.png [--model PATH.onnx] [--json]
 
-`serve` imports no torch: only onnxruntime, numpy, Pillow and the web stack. Options left out
-come from `CIFARLAB_*` environment variables, then the defaults of
+`serve` and `predict` import no torch: only onnxruntime, numpy, Pillow and the web stack.
+Options left out come from `CIFARLAB_*` environment variables, then the defaults of
 `cifarlab.serve.settings.Settings`.
 """
 
@@ -21,6 +22,7 @@ from cifarlab.errors import CifarlabError
 def register(sub: Any) -> None:
     _add_export(sub)
     _add_serve(sub)
+    _add_predict(sub)
 
 
 # ---- export ----------------------------------------------------------------------------
@@ -148,3 +150,93 @@ def _serve(args: argparse.Namespace) -> int:
         workers=1,
     )
     return 0
+
+
+# ---- predict ---------------------------------------------------------------------------
+
+
+def _add_predict(sub: Any) -> None:
+    from cifarlab.serve.imaging import DEFAULT_MAX_PIXELS
+
+    p = sub.add_parser(
+        "predict",
+        help="classify image files with an ONNX model (the same path as the API)",
+        description=(
+            "Classify IMAGE files (PNG, JPEG, WebP, GIF, BMP, TIFF, AVIF) with the bundled "
+            "model or --model. Each file is decoded exactly as /predict decodes an upload "
+            "(EXIF orientation, any mode to RGB, centre crop to a square, 32x32), so the CLI "
+            "and the API give the same answer. Unreadable files are reported and the others "
+            "still classified; the exit status is then 2."
+        ),
+    )
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    p.add_argument("--model", type=Path, default=None, help=".onnx file (default: bundled)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--top", type=int, default=3, help="classes listed per file (default 3)")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse images larger than this (width x height; default {DEFAULT_MAX_PIXELS:,})",
+    )
+    p.set_defaults(func=_predict)
+
+
+def _read_image(path: Path, max_pixels: int) -> Any:
+    """The decoded (32, 32, 3) image, or the one-line reason it cannot be used."""
+    from cifarlab.serve.imaging import ImageError, load_image
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return f"{path}: file not found; check the path"
+    except OSError as exc:
+        return f"{path}: cannot read it ({exc.strerror or exc}); check the path"
+    try:
+        return load_image(data, max_pixels=max_pixels)
+    except ImageError as exc:
+        return f"{path}: {exc}"
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    import numpy as np
+
+    from cifarlab.serve.predictor import Predictor
+
+    predictor = Predictor.load(args.model)
+    decoded = [_read_image(path, args.max_pixels) for path in args.images]
+    images = [d for d in decoded if not isinstance(d, str)]
+    # One ONNX Runtime call for all readable files, as /predict/batch does.
+    predictions = iter(predictor.predict_arrays(np.stack(images)) if images else [])
+
+    results: list[dict[str, Any]] = []
+    for path, item in zip(args.images, decoded, strict=True):
+        entry: dict[str, Any] = {"filename": path.name, "path": str(path)}
+        if isinstance(item, str):
+            entry["error"] = item
+            print(f"error: {item}", file=sys.stderr)
+        else:
+            pred = next(predictions)
+            entry.update(
+                predicted_class=pred.predicted_class,
+                confidence=pred.confidence,
+                probabilities=pred.probabilities,
+            )
+        results.append(entry)
+
+    info = predictor.info
+    if args.json:
+        body = {"model": info.name, "model_version": info.version, "results": results}
+        print(json.dumps(body, indent=2))
+    else:
+        for entry in results:
+            if "error" in entry:
+                continue
+            ranked = sorted(entry["probabilities"].items(), key=lambda kv: -kv[1])
+            others = ", ".join(f"{c} {p:.1%}" for c, p in ranked[1 : max(args.top, 1)])
+            line = f"{entry['path']}: {entry['predicted_class']} {entry['confidence']:.1%}"
+            print(f"{line}  ({others})" if others else line)
+    return 2 if any("error" in e for e in results) else 0
