@@ -243,3 +243,16 @@ def test_real_weights_pass_the_sha_and_load(mobilenet_weights: Path) -> None:
     model = get_model("mobilenet_v2_transfer", weights=str(mobilenet_weights))
     torch.testing.assert_close(model.features[0][0].weight, state["features.0.0.weight"])
     assert WEIGHTS_SHA256.startswith("b0353104")
+
+
+def test_finetune_can_train_only_the_top_blocks() -> None:
+    model = get_model("mobilenet_v2_finetune", pretrained=False, trainable_from=14)
+    trainable = {
+        n.split(".")[1]
+        for n, p in model.named_parameters()
+        if p.requires_grad and n.startswith("features.")
+    }
+    assert trainable == {"14", "15", "16", "17", "18"}
+    assert all(p.requires_grad for p in model.head.parameters())
+    with pytest.raises(ValueError, match="start must be"):
+        model.unfreeze_backbone(19)

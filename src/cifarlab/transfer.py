@@ -79,6 +79,7 @@ class FinetuneConfig:
     weight_decay: float = 1e-4
     augment: str = "none"  # engine augmentation preset (cifarlab.transforms)
     subset: int | None = None  # first N training images (val gets N // 4): the CPU budget knob
+    trainable_from: int = 0  # first backbone block to train (0 = all 19; 14 = the 3x3-map blocks)
     seed: int = 0
     threads: int | None = None
     progress: bool = True
@@ -215,23 +216,23 @@ def train_transfer(
     from cifarlab.checkpoint import save_checkpoint
     from cifarlab.models import get_model
     from cifarlab.models.mobilenet import WEIGHTS_SHA256, count_params
+    from cifarlab.train import env_info
 
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise TransferError(
             f"epochs and batch size must be >= 1, got {cfg.epochs}, {cfg.batch_size}"
         )
+    # Build first: a missing or wrong weights file must fail before any run folder exists.
+    torch.manual_seed(cfg.seed)
+    model = get_model("mobilenet_v2_transfer", pretrained=pretrained, weights=cfg.weights)
     run = Path(cfg.runs_dir) / cfg.name
     run.mkdir(parents=True, exist_ok=True)
-    from cifarlab.train import env_info
-
     env = env_info()
     _atomic_write(
         run / "config.json", json.dumps({"model": "mobilenet_v2_transfer", **asdict(cfg)}, indent=2)
     )
     _atomic_write(run / "env.json", json.dumps(env, indent=2))
 
-    torch.manual_seed(cfg.seed)
-    model = get_model("mobilenet_v2_transfer", pretrained=pretrained, weights=cfg.weights)
     # A random backbone gets its own cache key so it never mixes with real features.
     weights_key = WEIGHTS_SHA256 if pretrained else f"random-seed{cfg.seed}"
     folder = feature_dir(cfg.cache_dir, weights_key, cfg.feature_dtype)
@@ -390,11 +391,12 @@ def finetune(cfg: FinetuneConfig, data: Any = None) -> Path:
             f"--finetune-from {parent} holds a {parent_meta.get('model')!r} run; pass a "
             "mobilenet_v2_transfer run (train one with `cifarlab transfer`)"
         )
-    model = get_model("mobilenet_v2_finetune", pretrained=False)
+    kwargs = {"pretrained": False, "trainable_from": cfg.trainable_from}
+    model = get_model("mobilenet_v2_finetune", **kwargs)
     model.load_state_dict(head_model.state_dict())
     tcfg = TrainConfig(
         model="mobilenet_v2_finetune",
-        model_kwargs={"pretrained": False},
+        model_kwargs=kwargs,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,

@@ -46,6 +46,11 @@ def register(sub: Any) -> None:
     t.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default 1)")
     t.add_argument("--augment", help="fine-tuning augmentation preset (default none)")
     t.add_argument("--subset", type=int, help="fine-tune on the first N training images")
+    t.add_argument(
+        "--trainable-from",
+        type=int,
+        help="fine-tune backbone blocks from this index on (0 = all of features[0..18])",
+    )
     t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=run_transfer)
@@ -88,6 +93,7 @@ def run_transfer(args: argparse.Namespace) -> int:
             "weight_decay": args.weight_decay,
             "augment": args.augment,
             "subset": args.subset,
+            "trainable_from": args.trainable_from,
             "seed": args.seed,
             "threads": args.threads,
         }

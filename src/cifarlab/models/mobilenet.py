@@ -125,6 +125,7 @@ class MobileNetV2Transfer(nn.Module):
         weights: str | os.PathLike[str] | None = None,
         freeze_backbone: bool = True,
         num_classes: int = NUM_CLASSES,
+        trainable_from: int = 0,
     ) -> None:
         super().__init__()
         from torchvision.models import mobilenet_v2
@@ -154,6 +155,9 @@ class MobileNetV2Transfer(nn.Module):
         self.backbone_frozen = False
         if freeze_backbone:
             self.freeze_backbone()
+        elif trainable_from > 0:
+            self.freeze_backbone()
+            self.unfreeze_backbone(trainable_from)
 
     def freeze_backbone(self) -> None:
         for p in self.features.parameters():
@@ -161,10 +165,14 @@ class MobileNetV2Transfer(nn.Module):
         self.backbone_frozen = True
         self.features.eval()
 
-    def unfreeze_backbone(self) -> None:
-        """Make backbone weights trainable; BatchNorm statistics stay frozen (see `train`)."""
-        for p in self.features.parameters():
-            p.requires_grad_(True)
+    def unfreeze_backbone(self, start: int = 0) -> None:
+        """Make backbone blocks `features[start:]` trainable (all by default); BatchNorm
+        statistics stay frozen (see `train`). Earlier blocks then need no backward pass."""
+        if not 0 <= start < len(self.features):
+            raise ValueError(f"start must be in [0, {len(self.features) - 1}], got {start}")
+        for block in list(self.features)[start:]:
+            for p in block.parameters():
+                p.requires_grad_(True)
         self.backbone_frozen = False
 
     def train(self, mode: bool = True) -> MobileNetV2Transfer:
@@ -214,9 +222,14 @@ def mobilenet_v2_transfer(
 
 @register_model
 def mobilenet_v2_finetune(
-    pretrained: bool = True, weights: str | None = None, **kwargs: Any
+    pretrained: bool = True, weights: str | None = None, trainable_from: int = 0, **kwargs: Any
 ) -> MobileNetV2Transfer:
-    """Same network with the backbone trainable (BatchNorm statistics stay frozen)."""
+    """Same network with the backbone trainable from block `trainable_from` on (0: all of it;
+    BatchNorm statistics stay frozen)."""
     return MobileNetV2Transfer(
-        pretrained=pretrained, weights=weights, freeze_backbone=False, **kwargs
+        pretrained=pretrained,
+        weights=weights,
+        freeze_backbone=False,
+        trainable_from=trainable_from,
+        **kwargs,
     )
