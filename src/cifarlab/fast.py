@@ -110,10 +110,20 @@ class FastConfig:
 
 
 PRESETS: dict[str, FastConfig] = {
-    # Target: mean >= 94.0% test accuracy with TTA.
-    "fast94": FastConfig(name="fast94", epochs=10.0, low_res_epochs=4),
-    # Target: >= 90% in a few minutes.
-    "quick": FastConfig(name="quick", epochs=4.0, low_res_epochs=2),
+    # Target: mean >= 94.0% test accuracy with TTA. The airbench94-sized net; 4 of 11 epochs
+    # on 24x24 crops cost about 0.55 of a full epoch each, so the whole run spends fewer
+    # FLOPs than the 9.9 full-resolution epochs of the published recipe.
+    "fast94": FastConfig(name="fast94", epochs=11.0, low_res_epochs=4),
+    # Target: >= 90% quickly. A quarter-width net (about 0.2 GFLOP per training image
+    # instead of 0.7) with more, smaller steps: at this accuracy a small net is cheaper.
+    "quick": FastConfig(
+        name="quick",
+        epochs=5.0,
+        low_res_epochs=2,
+        widths=(32, 128, 128),
+        batch_size=512,
+        whiten_bias_epochs=2,
+    ),
 }
 
 
@@ -488,15 +498,20 @@ def train(
         metrics["test_acc_no_tta"] = accuracy(logits["none"], test_data[1])
         if "flip" in logits:
             metrics["test_acc_flip"] = accuracy(logits["flip"], test_data[1])
-        best = logits.get("translate", logits.get("flip", logits["none"]))
-        metrics["test_acc"] = accuracy(best, test_data[1])
+        if "translate" in logits:
+            metrics["test_acc_translate"] = accuracy(logits["translate"], test_data[1])
     eval_seconds = time.perf_counter() - t_eval
     wall = time.perf_counter() - t_start
+    # The preset's TTA level is what the benchmark reports; `test_acc` in the checkpoint is
+    # the flip-TTA number, which `cifarlab export --tta` reproduces in the ONNX graph.
+    tta_key = {0: "test_acc_no_tta", 1: "test_acc_flip", 2: "test_acc_translate"}[cfg.tta_level]
+    if test_data is not None:
+        metrics["test_acc"] = metrics.get("test_acc_flip", metrics["test_acc_no_tta"])
 
     result = {
         "preset": cfg.name,
         "seed": seed,
-        "test_accuracy": metrics.get("test_acc"),
+        "test_accuracy": metrics.get(tta_key),
         "test_accuracy_no_tta": metrics.get("test_acc_no_tta"),
         "test_accuracy_flip_tta": metrics.get("test_acc_flip"),
         "tta_level": cfg.tta_level,
