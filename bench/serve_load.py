@@ -1,0 +1,411 @@
+"""Load benchmark of the serving stack: framework floor, model alone, and `/predict`.
+
+    nohup flock /tmp/cifarlab-cpu.lock .venv/bin/python bench/serve_load.py > serve_load.log 2>&1 &
+
+In one run, with the bundled model (or `--model`), on this machine's cores:
+
+1. **floor**: a bare FastAPI endpoint that takes the same multipart upload (`UploadFile`) and
+   does no decoding or inference, at concurrency 32: what the web framework alone can do.
+2. **model**: ONNX Runtime alone on batches of 32 normalised images (images/s), in process.
+3. **ceiling** = 1 / (1/floor + 1/model): framework and model share the same cores, so a
+   service cannot beat it.
+4. **/predict** of `cifarlab serve` with a 32x32 PNG at concurrency 1, 8 and 32 (req/s, p50,
+   p99, errors), plus a one-call-per-request service (`--max-batch-size 1`) at 32 for
+   comparison with dynamic batching.
+
+Servers run as uvicorn subprocesses on 127.0.0.1 (loopback only); the load comes from `wrk`
+(Debian package `wrk`) with a Lua script that posts the multipart body. Every run is bounded
+in time. Results go to `reports/bench/serving.json` and the table in `docs/serving.md`
+(between the `bench:serving` markers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+OUT_JSON = REPO / "reports" / "bench" / "serving.json"
+DOCS = REPO / "docs" / "serving.md"
+BOUNDARY = "cifarlabbenchboundary"
+TARGET_CEILING_FRACTION = 0.80  # at concurrency 32
+TARGET_P99_MS = 150.0  # at concurrency 32
+TARGET_P50_C1_MS = 4.0
+
+# wrk prints one JSON line at the end (latencies in microseconds).
+LUA = r"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "multipart/form-data; boundary=%(boundary)s"
+local f = io.open("%(body)s", "rb")
+wrk.body = f:read("*all")
+f:close()
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %%d, "duration_us": %%d, "connect": %%d, "read": %%d, ' ..
+    '"write": %%d, "status": %%d, "timeout": %%d, "p50_us": %%d, "p90_us": %%d, ' ..
+    '"p99_us": %%d, "mean_us": %%f, "max_us": %%d}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean,
+    latency.max))
+end
+"""
+
+FLOOR_APP = """
+from fastapi import FastAPI, UploadFile
+import uvicorn
+
+app = FastAPI()
+
+
+@app.post("/predict")
+async def upload(file: UploadFile) -> dict:
+    data = await file.read()
+    return {"size": len(data)}
+
+
+uvicorn.run(app, host="127.0.0.1", port=%(port)d, access_log=False, log_level="warning")
+"""
+
+
+def png_32() -> bytes:
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def multipart_body(data: bytes) -> bytes:
+    return (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"server on port {port} did not start in {timeout} s")
+
+
+def start_server(cmd: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_ready(port, proc)
+    except Exception:
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+        raise RuntimeError(f"{' '.join(cmd)} failed: {err.decode()[-2000:]}") from None
+    return proc
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def run_wrk(port: int, lua: Path, concurrency: int, seconds: float) -> dict[str, Any]:
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{seconds:g}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(lua),
+        f"http://127.0.0.1:{port}/predict",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    match = re.search(r"^WRKJSON (\{.*\})$", out.stdout, re.MULTILINE)
+    if not match:
+        raise RuntimeError(f"unexpected wrk output:\n{out.stdout}\n{out.stderr}")
+    raw = json.loads(match.group(1))
+    errors = sum(raw[k] for k in ("connect", "read", "write", "status", "timeout"))
+    return {
+        "concurrency": concurrency,
+        "seconds": round(raw["duration_us"] / 1e6, 2),
+        "requests": raw["requests"],
+        "req_per_s": round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
+        "p50_ms": round(raw["p50_us"] / 1000, 2),
+        "p90_ms": round(raw["p90_us"] / 1000, 2),
+        "p99_ms": round(raw["p99_us"] / 1000, 2),
+        "mean_ms": round(raw["mean_us"] / 1000, 2),
+        "max_ms": round(raw["max_us"] / 1000, 2),
+        "errors": errors,
+        "error_kinds": {k: raw[k] for k in ("connect", "read", "write", "status", "timeout")},
+    }
+
+
+def load(port: int, lua: Path, concurrency: int, seconds: float, warmup: float) -> dict[str, Any]:
+    if warmup > 0:
+        run_wrk(port, lua, concurrency, warmup)
+    return run_wrk(port, lua, concurrency, seconds)
+
+
+def model_alone(model: Path, threads: int, seconds: float, batch: int = 32) -> dict[str, Any]:
+    """ONNX Runtime on normalised batches of `batch`, in this process (images/s)."""
+    from cifarlab.serve.predictor import Predictor, preprocess
+
+    predictor = Predictor(model, threads=threads)
+    images = np.random.default_rng(1).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+    x = preprocess(images)
+    for _ in range(5):
+        predictor.infer(x)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        predictor.infer(x)
+        calls += 1
+    elapsed = time.perf_counter() - start
+    one = []
+    for _ in range(50):
+        t = time.perf_counter()
+        predictor.infer(x[:1])
+        one.append(time.perf_counter() - t)
+    return {
+        "batch_size": batch,
+        "images_per_s": round(calls * batch / elapsed, 1),
+        "ms_per_batch": round(elapsed / calls * 1000, 2),
+        "batch1_median_ms": round(float(np.median(one)) * 1000, 3),
+        "model": predictor.info.name,
+        "model_version": predictor.info.version,
+        "tta": predictor.info.tta,
+    }
+
+
+def hardware() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import fastapi
+    import onnxruntime
+    import uvicorn
+
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "fastapi": fastapi.__version__,
+        "uvicorn": uvicorn.__version__,
+        "load_generator": wrk.strip() or "wrk",
+    }
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    floor, model, ceiling = result["floor"], result["model_alone"], result["ceiling_req_per_s"]
+    rows = [
+        "| what | concurrency | req/s (img/s) | p50 ms | p99 ms | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| framework floor (bare FastAPI upload) | {floor['concurrency']} | "
+        f"{floor['req_per_s']:.0f} | {floor['p50_ms']} | {floor['p99_ms']} | {floor['errors']} |",
+        f"| ONNX Runtime alone, batch {model['batch_size']} | - | "
+        f"{model['images_per_s']:.0f} img/s | - | - | - |",
+        f"| ceiling 1/(1/floor + 1/model) | - | {ceiling:.0f} | - | - | - |",
+    ]
+    for r in result["predict"]:
+        rows.append(
+            f"| `/predict`, dynamic batching | {r['concurrency']} | {r['req_per_s']:.0f} | "
+            f"{r['p50_ms']} | {r['p99_ms']} | {r['errors']} |"
+        )
+    if result.get("naive"):
+        r = result["naive"]
+        rows.append(
+            f"| `/predict`, one model call per request | {r['concurrency']} | "
+            f"{r['req_per_s']:.0f} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |"
+        )
+    t = result["targets"]
+    rows += [
+        "",
+        f"Model `{model['model']}` (version {model['model_version']}, TTA {model['tta']}); "
+        f"{result['hardware']['cores']} cores ({result['hardware']['cpu']}); "
+        f"{result['date']}. At concurrency 32: {t['c32_fraction_of_ceiling']:.0%} of the "
+        f"ceiling (target >= {TARGET_CEILING_FRACTION:.0%}: "
+        f"{'met' if t['c32_fraction_met'] else 'missed'}), p99 {t['c32_p99_ms']} ms (target "
+        f"<= {TARGET_P99_MS:g}: {'met' if t['c32_p99_met'] else 'missed'}); at concurrency "
+        f"1: p50 {t['c1_p50_ms']} ms (target <= {TARGET_P50_C1_MS:g}: "
+        f"{'met' if t['c1_p50_met'] else 'missed'}).",
+        f"Command: `{result['command']}`.",
+    ]
+    return "\n".join(rows)
+
+
+def update_docs(table: str) -> None:
+    start, end = "<!-- bench:serving:start -->", "<!-- bench:serving:end -->"
+    if not DOCS.is_file():
+        print(f"{DOCS} missing; table not written there", file=sys.stderr)
+        return
+    text = DOCS.read_text()
+    if start not in text or end not in text:
+        print(f"{DOCS} has no {start} ... {end} markers; table not written", file=sys.stderr)
+        return
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    write_atomic(DOCS, f"{head}{start}\n{table}\n{end}{tail}")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main() -> int:
+    from cifarlab.serve.predictor import BUNDLED_MODEL
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, default=BUNDLED_MODEL)
+    p.add_argument("--seconds", type=float, default=10.0, help="per measured load run")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured run before each")
+    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = auto)")
+    p.add_argument("--max-wait-ms", type=float, default=None, help="server batching wait")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--no-naive", action="store_true", help="skip the batch-size-1 comparison")
+    p.add_argument("--out", type=Path, default=OUT_JSON)
+    p.add_argument("--no-docs", action="store_true", help="do not update docs/serving.md")
+    args = p.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk not found: install it (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    body = multipart_body(png_32())
+    with tempfile.TemporaryDirectory() as tmpdir:
+        body_file = Path(tmpdir) / "body.bin"
+        body_file.write_bytes(body)
+        lua = Path(tmpdir) / "post.lua"
+        lua.write_text(LUA % {"boundary": BOUNDARY, "body": body_file})
+        floor_py = Path(tmpdir) / "floor_app.py"
+
+        # 1. Framework floor.
+        port = free_port()
+        floor_py.write_text(FLOOR_APP % {"port": port})
+        proc = start_server([sys.executable, str(floor_py)], port, env)
+        try:
+            floor = load(port, lua, 32, args.seconds, args.warmup)
+        finally:
+            stop_server(proc)
+        print("floor", floor, flush=True)
+
+        # 2. The model alone.
+        model = model_alone(args.model, args.threads, args.seconds)
+        print("model alone", model, flush=True)
+        ceiling = 1 / (1 / floor["req_per_s"] + 1 / model["images_per_s"])
+
+        # 3. The service.
+        def serve_cmd(port: int, *extra: str) -> list[str]:
+            cmd = [sys.executable, "-m", "cifarlab", "serve", "--port", str(port)]
+            cmd += ["--model", str(args.model), "--threads", str(args.threads), *extra]
+            if args.max_wait_ms is not None:
+                cmd += ["--max-wait-ms", str(args.max_wait_ms)]
+            return cmd
+
+        port = free_port()
+        proc = start_server(serve_cmd(port), port, env)
+        predict = []
+        try:
+            for c in args.concurrency:
+                predict.append(load(port, lua, c, args.seconds, args.warmup))
+                print("predict", predict[-1], flush=True)
+        finally:
+            stop_server(proc)
+        naive = None
+        if not args.no_naive:
+            port = free_port()
+            proc = start_server(serve_cmd(port, "--max-batch-size", "1"), port, env)
+            try:
+                naive = load(port, lua, 32, args.seconds, args.warmup)
+                print("naive", naive, flush=True)
+            finally:
+                stop_server(proc)
+
+    by_c = {r["concurrency"]: r for r in predict}
+    c32, c1 = by_c.get(32), by_c.get(1)
+    targets = {
+        "c32_fraction_of_ceiling": round(c32["req_per_s"] / ceiling, 3) if c32 else None,
+        "c32_fraction_met": bool(c32 and c32["req_per_s"] >= TARGET_CEILING_FRACTION * ceiling),
+        "c32_p99_ms": c32["p99_ms"] if c32 else None,
+        "c32_p99_met": bool(c32 and c32["p99_ms"] <= TARGET_P99_MS),
+        "c1_p50_ms": c1["p50_ms"] if c1 else None,
+        "c1_p50_met": bool(c1 and c1["p50_ms"] <= TARGET_P50_C1_MS),
+    }
+    result = {
+        "benchmark": "serve_load",
+        "command": " ".join(["python", *[os.path.relpath(sys.argv[0], REPO)], *sys.argv[1:]]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "hardware": hardware(),
+        "image": "32x32 RGB PNG, multipart field 'file'",
+        "body_bytes": len(body),
+        "settings": {
+            "ort_threads": args.threads,
+            "max_wait_ms": args.max_wait_ms,
+            "seconds_per_run": args.seconds,
+            "warmup_seconds": args.warmup,
+            "wrk_threads": 1,
+        },
+        "floor": floor,
+        "model_alone": model,
+        "ceiling_req_per_s": round(ceiling, 1),
+        "predict": predict,
+        "naive": naive,
+        "targets": targets,
+    }
+    write_atomic(args.out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    table = markdown_table(result)
+    print(table)
+    if not args.no_docs:
+        update_docs(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
