@@ -104,8 +104,8 @@ class TrainConfig:
     subset: int | None = None  # first N training images (smoke runs); val gets N // 4
     eval_batch_size: int = 1000
     threads: int | None = None  # torch intra-op threads; None = torch's default
-    bf16: bool = False  # bf16 autocast; measured slower on this AVX2-only CPU, see docs
-    channels_last: bool = False  # measured no faster here for these small nets, see docs
+    bf16: bool = False  # bf16 autocast: ~15x slower on this AVX2-only CPU (no native bf16)
+    channels_last: bool = True  # +9% (baseline) and +26% (augmented) img/s here, see docs
     cache_dir: str | None = None  # data cache (default: cifarlab.data.default_cache_dir())
     progress: bool = True
 
