@@ -41,6 +41,11 @@ def register(sub: Any) -> None:
         help="cache mirrored training features too (default on)",
     )
     t.add_argument("--feature-dtype", choices=("float32", "bfloat16"))
+    t.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        help="channels_last memory format for feature extraction (default off)",
+    )
     t.add_argument("--seed", type=int)
     t.add_argument("--finetune-from", metavar="RUN", help="fine-tune this transfer run instead")
     t.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default 1)")
@@ -112,6 +117,7 @@ def run_transfer(args: argparse.Namespace) -> int:
             "label_smoothing": args.label_smoothing,
             "flip": args.flip,
             "feature_dtype": args.feature_dtype,
+            "channels_last": args.channels_last,
             "seed": args.seed,
         }
         if args.threads:
