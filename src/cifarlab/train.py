@@ -490,6 +490,12 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _program_name() -> str:
+    name = Path(sys.argv[0]).name
+    # `python -m cifarlab` (and torchrun -m) report the package's __main__.py.
+    return "python -m cifarlab" if name == "__main__.py" else name
+
+
 def env_info(info: DistInfo | None = None) -> dict[str, Any]:
     """Versions, hardware, git sha and command line, saved as `env.json` in the run folder."""
     import torchvision
@@ -510,7 +516,7 @@ def env_info(info: DistInfo | None = None) -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "world_size": info.world_size,
         "git_sha": _git_sha(),
-        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "command": [_program_name(), *sys.argv[1:]],
         "start_time": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -735,7 +741,8 @@ def _fit(
         else:
             bad_epochs += 1
         stop = cfg.patience > 0 and bad_epochs >= cfg.patience
-        log.info(
+        log.log(
+            logging.INFO if info.is_main else logging.DEBUG,
             "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.2e  "
             "%.0f img/s  %.1fs%s",
             epoch,
