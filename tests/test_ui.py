@@ -160,9 +160,15 @@ def test_ui_several_files_use_the_batch_endpoint(page, server: str, tmp_path: Pa
         page.set_input_files("#file", [str(f) for f in files])
     page.locator("#status").filter(has_text="Classified 3 of 3").wait_for(timeout=15_000)
 
-    # Cards are shown newest first: reverse to upload order.
+    # The newest selection is on top, in the order chosen.
     cards = page.locator("[data-testid=prediction]")
-    shown = [cards.nth(i).get_attribute("data-class") for i in range(cards.count())][::-1]
+    assert cards.count() == 3
+    assert [cards.nth(i).locator(".name").inner_text() for i in range(3)] == [
+        "a.png",
+        "b.png",
+        "c.png",
+    ]
+    shown = [cards.nth(i).get_attribute("data-class") for i in range(3)]
     assert shown == [_api_class(server, f) for f in files]
     assert len(set(shown)) == 3
 
@@ -179,3 +185,20 @@ def test_ui_shows_api_errors_clearly(page, tmp_path: Path) -> None:
     assert "not a recognised image" in error.inner_text()
     assert page.locator("[data-testid=prediction] .err").inner_text() == error.inner_text()
     assert page.locator("[data-testid=prediction]").get_attribute("data-class") is None
+
+
+def test_ui_bad_file_in_a_batch_does_not_block_the_good_ones(
+    page, server: str, tmp_path: Path
+) -> None:
+    bogus = tmp_path / "broken.jpg"
+    bogus.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    good = _image(tmp_path / "sea.png", (30, 40, 220))
+
+    page.set_input_files("#file", [str(bogus), str(good)])
+    page.locator("#status").filter(has_text="Classified 1 of 2").wait_for(timeout=15_000)
+
+    cards = page.locator("[data-testid=prediction]")
+    assert cards.nth(0).get_attribute("data-class") is None
+    assert "broken.jpg" in page.locator("#error").inner_text()
+    assert "422" in cards.nth(0).locator(".err").inner_text()
+    assert cards.nth(1).get_attribute("data-class") == _api_class(server, good)
