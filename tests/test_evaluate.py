@@ -158,3 +158,7 @@ def test_evaluate_cli_reports_missing_run(
 
     assert main(["evaluate", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_overfitting_gap_is_none_without_validation_columns() -> None:
+    assert overfitting_gap([{"epoch": 1.0, "train_acc": 0.9}], 1) == (None, 0.9, None)

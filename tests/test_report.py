@@ -123,3 +123,20 @@ def test_report_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert (out / "REPORT.md").is_file()
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_report_handles_runs_without_validation_columns(tmp_path: Path) -> None:
+    # The fast speed-run trains on all 50,000 images: val columns empty, gap unknown.
+    run = _fake_run(tmp_path / "runs", "fast94", "fastnet", 0.94)
+    rows = (run / "metrics.csv").read_text().splitlines()
+    cut = [rows[0]] + [",".join([*r.split(",")[:3], "", "", *r.split(",")[5:]]) for r in rows[1:]]
+    (run / "metrics.csv").write_text("\n".join(cut) + "\n")
+    ev = json.loads((run / "eval.json").read_text())
+    (run / "eval.json").write_text(json.dumps({**ev, "overfitting_gap": None}))
+    build_report([run], out_dir=tmp_path / "out")
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["models"][0]["overfitting_gap"] is None
+    assert (
+        "| fastnet | fast94 | 1,000 | 100 | 94.00% | 0.060 | n/a |"
+        in (tmp_path / "out" / "REPORT.md").read_text()
+    )

@@ -187,11 +187,18 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     return rows
 
 
-def overfitting_gap(rows: list[dict[str, float]], epoch: int) -> tuple[float, float, float]:
-    """(gap, train_acc, val_acc) at `epoch`; the last row if that epoch is not logged."""
+def overfitting_gap(
+    rows: list[dict[str, float]], epoch: int
+) -> tuple[float | None, float | None, float | None]:
+    """(gap, train_acc, val_acc) at `epoch` (the last row if that epoch is not logged).
+
+    Runs that hold out no validation data (the fast speed-run trains on all 50,000) leave the
+    val columns empty; their gap is None rather than a made-up number."""
     by_epoch = {int(r["epoch"]): r for r in rows}
     row = by_epoch.get(int(epoch), rows[-1])
-    return row["train_acc"] - row["val_acc"], row["train_acc"], row["val_acc"]
+    train, val = row.get("train_acc"), row.get("val_acc")
+    gap = train - val if train is not None and val is not None else None
+    return gap, train, val
 
 
 def hardware() -> str:
@@ -292,9 +299,9 @@ def evaluate_run(
         "n_test": len(test_y),
         "test_accuracy": float((preds == test_y).mean()),
         "test_loss": nll(test_logits, test_y),
-        "overfitting_gap": float(gap),
-        "train_accuracy_at_epoch": float(train_acc),
-        "val_accuracy_at_epoch": float(val_acc),
+        "overfitting_gap": gap,
+        "train_accuracy_at_epoch": train_acc,
+        "val_accuracy_at_epoch": val_acc,
         "ece": expected_calibration_error(softmax(test_logits), test_y),
         "temperature": temperature,
         "ece_after_temperature": expected_calibration_error(

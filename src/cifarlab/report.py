@@ -126,7 +126,7 @@ def result_row(r: dict[str, Any]) -> dict[str, Any]:
         "name": r["name"],
         "test_accuracy": ev["test_accuracy"],
         "test_loss": ev["test_loss"],
-        "overfitting_gap": ev["overfitting_gap"],
+        "overfitting_gap": ev.get("overfitting_gap"),
         "ece": ev["ece"],
         "params_total": ev["params_total"],
         "params_trainable": ev["params_trainable"],
@@ -163,8 +163,12 @@ def plot_curves(name: str, rows: list[dict[str, float]], path: Path) -> Path:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     epochs = [r["epoch"] for r in rows]
     for ax, key, label in ((ax1, "loss", "cross-entropy loss"), (ax2, "acc", "accuracy")):
-        ax.plot(epochs, [r[f"train_{key}"] for r in rows], "o-", ms=3, label="train")
-        ax.plot(epochs, [r[f"val_{key}"] for r in rows], "o-", ms=3, label="validation")
+        for split, name in (("train", "train"), ("val", "validation")):
+            # Runs without a held-out split leave the val columns empty: plot what exists.
+            col = f"{split}_{key}"
+            pts = [(e, r[col]) for e, r in zip(epochs, rows, strict=True) if col in r]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=name)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -180,10 +184,9 @@ def plot_comparison(runs: list[dict[str, Any]], path: Path) -> Path:
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
     for r in runs:
-        rows = r["metrics"]
-        ax1.plot(
-            [m["epoch"] for m in rows], [m["val_acc"] for m in rows], "o-", ms=3, label=r["name"]
-        )
+        pts = [(m["epoch"], m["val_acc"]) for m in r["metrics"] if "val_acc" in m]
+        if pts:
+            ax1.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=r["name"])
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("validation accuracy")
     ax1.set_title("Validation accuracy per epoch")
@@ -233,7 +236,8 @@ def _results_table(runs: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {ev.get('model')} | {r['name']} | {ev['params_total']:,} | "
             f"{ev['params_trainable']:,} | {_pct(ev['test_accuracy'])} | {ev['test_loss']:.3f} | "
-            f"{_pct(ev['overfitting_gap'])} | {ev['ece']:.4f} | {_duration(r['train_seconds'])} | "
+            f"{_pct(ev.get('overfitting_gap'))} | {ev['ece']:.4f} | "
+            f"{_duration(r['train_seconds'])} | "
             f"{'n/a' if ips is None else f'{ips:,.0f}'} |"
         )
     return lines
@@ -255,7 +259,7 @@ def _floor_lines(runs: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {ev['model']} | {r['name']} | {_pct(ev['test_accuracy'])} | {_pct(ref[0])} | "
             f"{100 * diff:+.2f} pp | {ev['test_loss']:.3f} ({ref[1]:.3f}) | "
-            f"{_pct(ev['overfitting_gap'])} ({_pct(ref[2])}) |"
+            f"{_pct(ev.get('overfitting_gap'))} ({_pct(ref[2])}) |"
         )
         if diff < 0:
             missed.append(

@@ -129,6 +129,10 @@ def run_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pct(x: float | None) -> str:
+    return "n/a (no validation columns in metrics.csv)" if x is None else f"{x:.2%}"
+
+
 def _given(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
@@ -142,7 +146,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(
         f"{res['run']} ({res['model']}, {args.which} epoch {res['epoch']}): "
         f"test acc {res['test_accuracy']:.2%}, test loss {res['test_loss']:.4f}, "
-        f"overfitting gap {res['overfitting_gap']:.2%}\n"
+        f"overfitting gap {_pct(res['overfitting_gap'])}\n"
         f"ECE {res['ece']:.4f} -> {res['ece_after_temperature']:.4f} after temperature "
         f"scaling (T={res['temperature']:.3f}); "
         f"{res['inference_images_per_second']:.0f} images/s; "
