@@ -172,7 +172,8 @@ def plot_curves(name: str, rows: list[dict[str, float]], path: Path) -> Path:
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     fig.suptitle(f"{name}: training curves")
     fig.tight_layout()
     _save(fig, path)
@@ -191,7 +192,8 @@ def plot_comparison(runs: list[dict[str, Any]], path: Path) -> Path:
     ax1.set_ylabel("validation accuracy")
     ax1.set_title("Validation accuracy per epoch")
     ax1.grid(alpha=0.3)
-    ax1.legend(fontsize=8)
+    if ax1.lines:
+        ax1.legend(fontsize=8)
     names = [r["name"] for r in runs]
     accs = [r["eval"]["test_accuracy"] for r in runs]
     bars = ax2.bar(range(len(runs)), accs, color="tab:blue")
