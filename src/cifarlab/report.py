@@ -163,12 +163,12 @@ def plot_curves(name: str, rows: list[dict[str, float]], path: Path) -> Path:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     epochs = [r["epoch"] for r in rows]
     for ax, key, label in ((ax1, "loss", "cross-entropy loss"), (ax2, "acc", "accuracy")):
-        for split, name in (("train", "train"), ("val", "validation")):
+        for split, legend in (("train", "train"), ("val", "validation")):
             # Runs without a held-out split leave the val columns empty: plot what exists.
             col = f"{split}_{key}"
             pts = [(e, r[col]) for e, r in zip(epochs, rows, strict=True) if col in r]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=name)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=legend)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
