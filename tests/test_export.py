@@ -151,7 +151,8 @@ def _fake_run(tmp_path: Path) -> Path:
     }
     save_checkpoint(run / "best", get_model("baseline_cnn"), meta)
     (run / "eval.json").write_text(json.dumps({"which": "best", "test_accuracy": 0.4321}))
-    (run / "env.json").write_text(json.dumps({"command": "cifarlab train --model baseline_cnn"}))
+    argv = ["cifarlab", "train", "--model", "baseline_cnn"]  # as `cifarlab train` records it
+    (run / "env.json").write_text(json.dumps({"command": argv}))
     return run
 
 
@@ -170,6 +171,8 @@ def test_cli_export_reads_the_run_eval_and_env(
     assert info.run == "tiny_run/best"
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["sha256"] == info.sha256 and record["parity"] is None
+    for written in (out, out.with_suffix(".json")):  # readable by a non-root server
+        assert written.stat().st_mode & 0o044 == 0o044
 
 
 def test_cli_export_of_a_missing_run_is_one_clear_error(

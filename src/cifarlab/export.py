@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import os
+import shlex
 import sys
 import tempfile
 import warnings
@@ -193,11 +194,27 @@ def _test_accuracy(run_dir: Path, meta: dict[str, Any], which: str) -> float | N
     return None
 
 
+def _readable(path: Path) -> None:
+    """mkstemp creates 0600 files; give them the usual umask-based mode (the serving
+    container reads the bundled model as a non-root user)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+
+
+def _command_text(command: Any) -> str | None:
+    """env.json stores the command line as a string or an argv list."""
+    if isinstance(command, list):
+        return shlex.join(str(a) for a in command)
+    return str(command) if command else None
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        _readable(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -246,7 +263,7 @@ def export_run(
         input_size=IMAGE_SIZE,
         test_accuracy=_test_accuracy(run_dir, meta, which),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-        training_command=env.get("command") or (meta.get("config") or {}).get("command"),
+        training_command=_command_text(env.get("command")),
         run=f"{run_dir.name}/{which}",
         cifarlab_version=__version__,
     )
@@ -288,6 +305,7 @@ def export_with_parity(
                     f"{PARITY_MIN_TOP1_AGREEMENT}); nothing was written to {out}"
                 )
         sha = file_sha256(tmp)
+        _readable(tmp)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -302,7 +320,10 @@ def export_with_parity(
         "input": {"name": INPUT_NAME, "shape": ["N", 3, IMAGE_SIZE, IMAGE_SIZE]},
         "input_scale": "uint8 RGB / 255, then (x - mean) / std per channel",
         "parity": None if parity is None else asdict(parity),
-        "export_command": " ".join(sys.argv) if sys.argv and sys.argv[0] else None,
+        # Program name without its folder: no machine-specific paths in a committed file.
+        "export_command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        if sys.argv and sys.argv[0]
+        else None,
     }
     _atomic_write_text(side, json.dumps(record, indent=2) + "\n")
     log.info("wrote %s (sha256 %s) and %s", out, sha[:12], side)
