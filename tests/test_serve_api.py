@@ -224,21 +224,11 @@ def test_oversized_file_is_413_while_streaming(client: TestClient) -> None:
     assert_json_error(client.post("/predict", files={"file": ("big.png", big)}), 413, "limit")
 
 
-def test_oversized_file_is_413_without_reading_the_whole_body(tiny_model: Path) -> None:
-    """The limit is enforced on the stream: reading stops right after the limit.
+HEAD = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
 
-    (Called as raw ASGI: TestClient would buffer the whole body before the app sees it.)
-    """
-    app = create_app(Settings(model_path=tiny_model, max_file_bytes=100_000))
-    chunks_read = 0
-    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
 
-    async def receive() -> dict:  # type: ignore[type-arg]
-        nonlocal chunks_read
-        chunks_read += 1
-        body = head if chunks_read == 1 else bytes(65536)
-        return {"type": "http.request", "body": body, "more_body": chunks_read < 1000}  # 64 MB
-
+def call_raw(app, receive) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+    """POST /predict as raw ASGI with a custom `receive` (TestClient would buffer the body)."""
     sent: list[dict] = []  # type: ignore[type-arg]
 
     async def send(message: dict) -> None:  # type: ignore[type-arg]
@@ -261,12 +251,62 @@ def test_oversized_file_is_413_without_reading_the_whole_body(tiny_model: Path) 
 
     async def main() -> None:
         async with app.router.lifespan_context(app):
-            await app(scope, receive, send)  # type: ignore[arg-type]
+            await app(scope, receive, send)
 
     asyncio.run(main())
+    return sent
+
+
+def test_oversized_file_is_413_without_reading_the_whole_body(tiny_model: Path) -> None:
+    """The limit is enforced on the stream: reading stops right after the limit."""
+    app = create_app(Settings(model_path=tiny_model, max_file_bytes=100_000))
+    chunks_read = 0
+
+    async def receive() -> dict:  # type: ignore[type-arg]
+        nonlocal chunks_read
+        chunks_read += 1
+        body = HEAD if chunks_read == 1 else bytes(65536)
+        return {"type": "http.request", "body": body, "more_body": chunks_read < 1000}  # 64 MB
+
+    sent = call_raw(app, receive)
     assert sent[0]["status"] == 413
     assert b"larger than the limit" in sent[1]["body"]
     assert chunks_read <= 4  # 100 kB limit = 2 chunks of 64 kB (+ head), not 1000
+
+
+def test_slow_upload_times_out_with_408(tiny_model: Path) -> None:
+    app = create_app(Settings(model_path=tiny_model, upload_timeout_s=0.2))
+    chunks_read = 0
+
+    async def receive() -> dict:  # type: ignore[type-arg]
+        nonlocal chunks_read
+        chunks_read += 1
+        if chunks_read > 1:
+            await asyncio.sleep(0.1)  # a byte every 100 ms: would take minutes
+        return {
+            "type": "http.request",
+            "body": HEAD if chunks_read == 1 else b"x",
+            "more_body": True,
+        }
+
+    sent = call_raw(app, receive)
+    assert sent[0]["status"] == 408
+    assert b"longer than 0.2 s" in sent[1]["body"]
+
+
+def test_client_that_disconnects_mid_upload_is_not_a_server_error(tiny_model: Path) -> None:
+    app = create_app(Settings(model_path=tiny_model))
+    chunks_read = 0
+
+    async def receive() -> dict:  # type: ignore[type-arg]
+        nonlocal chunks_read
+        chunks_read += 1
+        if chunks_read == 1:
+            return {"type": "http.request", "body": HEAD, "more_body": True}
+        return {"type": "http.disconnect"}
+
+    sent = call_raw(app, receive)
+    assert sent[0]["status"] == 400
 
 
 def test_declared_content_length_over_the_limit_is_413(client: TestClient) -> None:
@@ -613,3 +653,15 @@ with TestClient(create_app(Settings(model_path={str(tiny_model)!r}))) as c:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ship"
+
+
+def test_a_model_failure_is_a_json_500_and_the_server_keeps_serving(tiny_model: Path) -> None:
+    app = create_app(Settings(model_path=tiny_model))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        service = app.state.service
+        real = service.predictor.predict_arrays
+        service.predictor.predict_arrays = lambda images: 1 / 0
+        r = c.post("/predict", files={"file": ("a.png", png())})
+        assert r.status_code == 500 and r.json()["detail"].startswith("internal error")
+        service.predictor.predict_arrays = real
+        assert c.post("/predict", files={"file": ("a.png", png())}).status_code == 200

@@ -37,6 +37,7 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -45,7 +46,7 @@ from cifarlab.serve.batching import BatcherClosedError, MicroBatcher
 from cifarlab.serve.imaging import ImageError, load_image
 from cifarlab.serve.predictor import Prediction, Predictor
 from cifarlab.serve.settings import Settings
-from cifarlab.serve.uploads import UploadError, read_uploads
+from cifarlab.serve.uploads import Upload, UploadError, read_uploads
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +275,39 @@ class Service:
         self.batcher = None
         self.predictor = None
 
+    async def uploads(self, request: Request, field_name: str, max_files: int) -> list[Upload]:
+        try:
+            # A client that trickles its body (slowloris) must not hold a request forever.
+            async with asyncio.timeout(self.settings.upload_timeout_s):
+                return await read_uploads(
+                    request,
+                    field_name=field_name,
+                    max_files=max_files,
+                    max_file_bytes=self.settings.max_file_bytes,
+                )
+        except TimeoutError:
+            raise UploadError(
+                408, f"the upload took longer than {self.settings.upload_timeout_s:g} s; resend it"
+            ) from None
+
     async def decode(self, data: bytes) -> np.ndarray:
         return await run_in_threadpool(load_image, data, max_pixels=self.settings.max_pixels)
+
+    async def decode_all(self, uploads: list[Upload]) -> list[np.ndarray]:
+        """Decode several files in one worker-thread hop; errors name the file."""
+        max_pixels = self.settings.max_pixels
+
+        def work() -> list[np.ndarray]:
+            images = []
+            for i, upload in enumerate(uploads, start=1):
+                try:
+                    images.append(load_image(upload.data, max_pixels=max_pixels))
+                except ImageError as exc:
+                    name = f" {upload.filename!r}" if upload.filename else ""
+                    raise ImageError(f"file {i}{name}: {exc}", exc.status_code) from None
+            return images
+
+        return await run_in_threadpool(work)
 
     async def classify(self, image: np.ndarray) -> Prediction:
         if self.batcher is None:
@@ -349,12 +381,7 @@ async def health(service: ServiceDep) -> HealthResponse:
 )
 async def predict(request: Request, service: ServiceDep) -> PredictResponse:
     start = time.perf_counter()
-    (upload,) = await read_uploads(
-        request,
-        field_name="file",
-        max_files=1,
-        max_file_bytes=service.settings.max_file_bytes,
-    )
+    (upload,) = await service.uploads(request, "file", max_files=1)
     image = await service.decode(upload.data)
     result = await service.classify(image)
     info = service.predictor.info if service.predictor else None
@@ -378,20 +405,8 @@ async def predict(request: Request, service: ServiceDep) -> PredictResponse:
 )
 async def predict_batch(request: Request, service: ServiceDep) -> BatchResponse:
     start = time.perf_counter()
-    uploads = await read_uploads(
-        request,
-        field_name="files",
-        max_files=service.settings.max_batch_files,
-        max_file_bytes=service.settings.max_file_bytes,
-    )
-    images = []
-    for i, upload in enumerate(uploads, start=1):
-        try:
-            images.append(await service.decode(upload.data))
-        except ImageError as exc:
-            # Name the culprit: the client sent several files.
-            name = f" {upload.filename!r}" if upload.filename else ""
-            raise ImageError(f"file {i}{name}: {exc}", exc.status_code) from None
+    uploads = await service.uploads(request, "files", max_files=service.settings.max_batch_files)
+    images = await service.decode_all(uploads)
     # Submitted together, they reach the worker together and share one ONNX Runtime call
     # (with other requests' images, if any are queued).
     results = await asyncio.gather(*(service.classify(img) for img in images))
@@ -440,6 +455,16 @@ async def _image_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # Nobody is listening any more; answer something small instead of logging a 500.
+    return JSONResponse({"detail": "the client disconnected during the upload"}, 400)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": "internal error; see the server log"}, 500)
+
+
 def create_app(settings: Settings | None = None, *, predictor: Predictor | None = None) -> FastAPI:
     """A FastAPI app serving `settings.model_path` (or an already loaded `predictor`).
 
@@ -470,6 +495,8 @@ def create_app(settings: Settings | None = None, *, predictor: Predictor | None 
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(UploadError, _upload_error)
     app.add_exception_handler(ImageError, _image_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
+    app.add_exception_handler(Exception, _unexpected)
     known = frozenset(p for r in app.routes if "{" not in (p := getattr(r, "path", "{")))
     app.add_middleware(MetricsMiddleware, metrics=metrics_, known_paths=known)
     return app

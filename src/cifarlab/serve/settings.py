@@ -40,5 +40,7 @@ class Settings(BaseSettings):
     # ... and at most this long (milliseconds) spent waiting for more requests to join a
     # batch, only while more are arriving; a lone request never waits. 0 = never wait.
     max_wait_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
+    # Longest time a client may take to send its upload (slow senders get 408).
+    upload_timeout_s: float = Field(default=30.0, gt=0)
     # ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose (one per core).
     ort_threads: int = Field(default=0, ge=0)
