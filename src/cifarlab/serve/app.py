@@ -318,7 +318,8 @@ class Service:
             raise HTTPException(503, "the server is shutting down; retry shortly") from None
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
+    # async: FastAPI runs plain `def` dependencies in a worker thread, a hop per request.
     service: Service = request.app.state.service
     if not service.ready:
         raise HTTPException(503, "the model is not loaded yet; retry in a moment")
