@@ -274,6 +274,22 @@ def test_oversized_file_is_413_without_reading_the_whole_body(tiny_model: Path) 
     assert chunks_read <= 4  # 100 kB limit = 2 chunks of 64 kB (+ head), not 1000
 
 
+def test_endless_body_after_the_file_is_cut_off(tiny_model: Path) -> None:
+    """A chunked body with no Content-Length still has a total cap (here: junk after the end)."""
+    app = create_app(Settings(model_path=tiny_model, max_file_bytes=100_000))
+    chunks_read = 0
+
+    async def receive() -> dict:  # type: ignore[type-arg]
+        nonlocal chunks_read
+        chunks_read += 1
+        body = HEAD + png() + b"\r\n--b--\r\n" if chunks_read == 1 else bytes(65536)
+        return {"type": "http.request", "body": body, "more_body": chunks_read < 10_000}
+
+    sent = call_raw(app, receive)
+    assert sent[0]["status"] == 413
+    assert chunks_read < 40  # about 1.4 MB for one 100 kB file, not 650 MB
+
+
 def test_slow_upload_times_out_with_408(tiny_model: Path) -> None:
     app = create_app(Settings(model_path=tiny_model, upload_timeout_s=0.2))
     chunks_read = 0

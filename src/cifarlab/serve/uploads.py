@@ -89,7 +89,6 @@ async def read_uploads(
         )
 
     uploads: list[Upload] = []
-    wrong_fields: list[str] = []
     other_fields = 0
     part = _Part()
     header_name = bytearray()
@@ -135,7 +134,12 @@ async def read_uploads(
                 )
             uploads.append(Upload(filename=part.filename or "", content_type=part.content_type))
         elif part.filename is not None:
-            wrong_fields.append(part.name or "")
+            # Refused at once, so that a stream of wrongly named parts cannot pile up.
+            raise UploadError(
+                422,
+                f"unexpected file field {part.name!r}: send the image in the multipart field "
+                f"{field_name!r}; for example: {example}",
+            )
         else:
             other_fields += 1
             if other_fields > _MAX_OTHER_FIELDS:
@@ -180,30 +184,27 @@ async def read_uploads(
             "on_end": on_end,
         },
     )
+    received = 0
     try:
         async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                # Without a Content-Length (chunked upload) this is the only total cap.
+                raise UploadError(
+                    413,
+                    f"the request body passed {_mb(limit)}, more than this endpoint accepts; "
+                    "send smaller or fewer files",
+                )
             if chunk:
                 parser.write(chunk)
         parser.finalize()
     except FormParserError as exc:
         raise UploadError(422, f"the multipart body is malformed ({exc}); {example}") from None
 
-    if wrong_fields and not uploads:
-        raise UploadError(
-            422,
-            f"unexpected file field {wrong_fields[0]!r}: send the image in the multipart field "
-            f"{field_name!r}; for example: {example}",
-        )
     if not uploads:
         raise UploadError(
             422, f"no file in the multipart field {field_name!r}; for example: {example}"
         )
     if not ended:
         raise UploadError(422, "the multipart body ended early (truncated upload); resend it")
-    if wrong_fields:
-        raise UploadError(
-            422,
-            f"unexpected file field {wrong_fields[0]!r} next to {field_name!r}; send every "
-            f"image in field {field_name!r}",
-        )
     return uploads
