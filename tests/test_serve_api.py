@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import struct
 import subprocess
 import sys
@@ -655,6 +656,7 @@ def test_serving_needs_no_torch(tiny_model: Path) -> None:
 import sys
 sys.modules["torch"] = None  # any `import torch` now raises ImportError
 import io
+import os
 from PIL import Image
 from fastapi.testclient import TestClient
 import cifarlab.cli
@@ -681,3 +683,45 @@ def test_a_model_failure_is_a_json_500_and_the_server_keeps_serving(tiny_model: 
         assert r.status_code == 500 and r.json()["detail"].startswith("internal error")
         service.predictor.predict_arrays = real
         assert c.post("/predict", files={"file": ("a.png", png())}).status_code == 200
+
+
+# ---- the `cifarlab serve` command ------------------------------------------------------
+
+
+def test_cli_serve_with_a_missing_model_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cifarlab.cli import main
+
+    assert main(["serve", "--model", str(tmp_path / "nope.onnx")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["serve", "--port", "70000", "--model", str(tmp_path / "x.onnx")]) == 2
+    assert "invalid serving settings" in capsys.readouterr().err
+
+
+def test_cli_serve_answers_over_http(tiny_model: Path) -> None:
+    import json
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "cifarlab", "serve", "--port", str(port)]
+    env = {**os.environ, "CIFARLAB_MODEL_PATH": str(tiny_model)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    health = json.loads(r.read())
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        assert health["model"]["name"] == "tiny-test"  # the env var chose the model
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
