@@ -1,4 +1,4 @@
-"""MobileNetV2 feature-extraction throughput: fp32 vs bf16 autocast, contiguous vs channels_last.
+"""MobileNetV2 feature-extraction throughput: torch (fp32/bf16, channels_last) vs ONNX Runtime.
 
     flock /tmp/cifarlab-cpu.lock .venv/bin/python bench/transfer_features.py --images 1000
 
@@ -21,6 +21,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +66,7 @@ def main() -> int:
             ref = feats
         row = {
             "dtype": dtype,
+            "backend": "torch",
             "channels_last": channels_last,
             "images_per_second": round(len(x) / seconds, 1),
             "seconds": round(seconds, 2),
@@ -73,6 +75,35 @@ def main() -> int:
         }
         print(json.dumps(row), flush=True)
         results.append(row)
+
+    # onnxruntime runs the same backbone exported to ONNX (what `cifarlab transfer` uses).
+    from cifarlab.transfer import _onnx_feature_session
+
+    model = model.to(memory_format=torch.contiguous_format)
+    session = _onnx_feature_session(model)
+    xn = x.numpy()
+    session.run(None, {"x": xn[:8]})  # warm-up
+    t0 = time.perf_counter()
+    feats = np.concatenate(
+        [
+            session.run(None, {"x": xn[i : i + args.batch_size]})[0]
+            for i in range(0, len(xn), args.batch_size)
+        ]
+    )
+    seconds = time.perf_counter() - t0
+    assert ref is not None
+    diff = torch.from_numpy(feats) - ref
+    row = {
+        "dtype": "float32",
+        "backend": "onnxruntime",
+        "channels_last": False,
+        "images_per_second": round(len(x) / seconds, 1),
+        "seconds": round(seconds, 2),
+        "max_abs_diff_vs_fp32": float(diff.abs().max()),
+        "rel_l2_diff_vs_fp32": float(diff.norm() / ref.norm()),
+    }
+    print(json.dumps(row), flush=True)
+    results.append(row)
 
     out = {
         "benchmark": "mobilenet_v2 frozen-backbone feature extraction (96x96 input)",

@@ -109,6 +109,17 @@ def test_transfer_head_trains_on_cached_features(
     assert val_acc == pytest.approx(float((direct.argmax(1).numpy() == tiny_data["val"][1]).mean()))
 
 
+def test_onnxruntime_features_equal_torch_features() -> None:
+    from cifarlab.transfer import extract_features
+
+    torch.manual_seed(0)
+    model = get_model("mobilenet_v2_transfer", pretrained=False)
+    images, _ = _split(6, 3)
+    ref = extract_features(model, images, batch_size=4, backend="torch")
+    got = extract_features(model, images, batch_size=4, backend="onnxruntime")
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-3)
+
+
 def test_second_run_reuses_the_feature_cache(
     tmp_path: Path,
     tiny_data: dict[str, tuple[np.ndarray, np.ndarray]],

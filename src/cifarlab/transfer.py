@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,10 @@ class TransferConfig:
     label_smoothing: float = 0.0
     flip: bool = True  # also cache mirrored training images: flip augmentation in feature space
     feature_dtype: str = "float32"  # backbone compute for the cache: float32 | bfloat16
-    channels_last: bool = False  # memory format for extraction (same numbers, maybe faster)
+    channels_last: bool = False  # torch backend only: memory format for extraction
+    # onnxruntime ran the backbone 5x faster than torch on this CPU (depthwise convs), with
+    # features equal to 3e-5; see reports/bench/transfer_features.json. float32 only.
+    feature_backend: str = "onnxruntime"  # onnxruntime | torch
     extract_batch_size: int = 250
     seed: int = 0
 
@@ -118,32 +121,80 @@ def feature_dir(cache_dir: str | os.PathLike[str] | None, weights_sha: str, dtyp
     return root / "features" / f"mobilenet_v2-{weights_sha[:16]}-{INPUT_SIZE}px-{dtype}"
 
 
+def _onnx_feature_session(model: Any) -> Any:
+    """An onnxruntime session computing `model.forward_features` (exported to a temp file)."""
+    import tempfile
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+
+    class Features(torch.nn.Module):
+        def __init__(self, net: Any) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net.forward_features(x)  # (B, 1280)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "features.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(
+                Features(model).eval(),
+                (torch.zeros(2, 3, 32, 32),),
+                str(path),
+                dynamo=False,
+                opset_version=17,
+                input_names=["x"],
+                output_names=["features"],
+                dynamic_axes={"x": {0: "batch"}, "features": {0: "batch"}},
+            )
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 def extract_features(
     model: Any,
     images: np.ndarray,
     batch_size: int = 250,
     dtype: str = "float32",
     channels_last: bool = False,
+    backend: str = "torch",
+    session: Any = None,
 ) -> np.ndarray:
-    """Pooled backbone features `(N, 1280)` float32 of uint8 NHWC `images`."""
+    """Pooled backbone features `(N, 1280)` float32 of uint8 NHWC `images`.
+
+    `session`: a prebuilt `_onnx_feature_session(model)` to reuse across calls."""
     import torch
 
     from cifarlab.preprocess import normalize
 
     if dtype not in ("float32", "bfloat16"):
         raise TransferError(f"feature dtype must be float32 or bfloat16, got {dtype!r}")
+    if backend not in ("torch", "onnxruntime"):
+        raise TransferError(f"feature backend must be torch or onnxruntime, got {backend!r}")
+    if backend == "onnxruntime" and dtype != "float32":
+        raise TransferError("the onnxruntime feature backend computes float32 only; use torch")
     model.eval()
+    if backend == "onnxruntime" and session is None:
+        session = _onnx_feature_session(model)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model.to(memory_format=fmt)
+    if session is None:
+        model.to(memory_format=fmt)
     out = np.empty((len(images), 1280), dtype=np.float32)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(normalize(images[i : i + batch_size])).contiguous(
-                memory_format=fmt
-            )
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-                out[i : i + len(x)] = model.forward_features(x).float().numpy()
+            x = normalize(images[i : i + batch_size])
+            if session is not None:
+                out[i : i + len(x)] = session.run(None, {"x": x})[0]
+            else:
+                xt = torch.from_numpy(x).contiguous(memory_format=fmt)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+                    out[i : i + len(x)] = model.forward_features(xt).float().numpy()
             done = i + len(x)
             if (i // batch_size) % 20 == 0 or done == len(images):
                 rate = done / (time.perf_counter() - t0)
@@ -158,37 +209,33 @@ def extract_features(
 
 
 def cached_features(
-    model: Any,
     split: str,
     images: np.ndarray,
     folder: Path,
-    dtype: str = "float32",
-    batch_size: int = 250,
-    channels_last: bool = False,
+    compute: Callable[[np.ndarray], np.ndarray],
+    info: Mapping[str, Any] | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Features of `images` from `folder/<split>.npy`, computing and storing them if absent.
+    """Features of `images` from `folder/<split>.npy`, else `compute(images)`, stored atomically.
 
-    Returns (features, seconds spent computing them when they were computed, as recorded)."""
+    Returns (features, seconds the computation took when it was done, as recorded)."""
     path = folder / f"{split}.npy"
     info_path = folder / f"{split}.json"
     if path.is_file() and info_path.is_file():
         feats = np.load(path, allow_pickle=False)
-        info = json.loads(info_path.read_text())
-        if feats.shape == (len(images), 1280) and info.get("n") == len(images):
+        recorded = json.loads(info_path.read_text())
+        if feats.shape == (len(images), 1280) and recorded.get("n") == len(images):
             log.info("features for %s from cache %s", split, path)
-            return feats, float(info.get("seconds", 0.0))
+            return feats, float(recorded.get("seconds", 0.0))
         log.warning("cached features %s do not match %d images; recomputing", path, len(images))
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    feats = extract_features(model, images, batch_size, dtype, channels_last)
+    feats = compute(images)
     seconds = time.perf_counter() - t0
     tmp = folder / f".{split}.tmp.npy"
     np.save(tmp, feats)
     os.replace(tmp, path)
-    _atomic_write(
-        info_path,
-        json.dumps({"n": len(images), "seconds": seconds, "dtype": dtype, "shape": feats.shape}),
-    )
+    meta = {"n": len(images), "seconds": seconds, "shape": list(feats.shape), **(info or {})}
+    _atomic_write(info_path, json.dumps(meta, indent=2))
     log.info("features for %s: %d images in %.1f s", split, len(images), seconds)
     return feats, seconds
 
@@ -252,32 +299,29 @@ def train_transfer(
         data = {s: load_split(s, cache_dir=cfg.cache_dir) for s in ("train", "val")}
     (train_x, train_y), (val_x, val_y) = data["train"], data["val"]
 
-    feat_seconds = 0.0
-    ftrain, s = cached_features(
-        model,
-        "train",
-        train_x,
-        folder,
-        cfg.feature_dtype,
-        cfg.extract_batch_size,
-        cfg.channels_last,
-    )
-    feat_seconds += s
-    fval, s = cached_features(
-        model, "val", val_x, folder, cfg.feature_dtype, cfg.extract_batch_size, cfg.channels_last
-    )
+    sessions: list[Any] = []  # built on the first cache miss, then reused for every split
+
+    def compute(images: np.ndarray) -> np.ndarray:
+        if cfg.feature_backend == "onnxruntime" and not sessions:
+            sessions.append(_onnx_feature_session(model))
+        return extract_features(
+            model,
+            images,
+            cfg.extract_batch_size,
+            cfg.feature_dtype,
+            cfg.channels_last,
+            cfg.feature_backend,
+            session=sessions[0] if sessions else None,
+        )
+
+    how = {"dtype": cfg.feature_dtype, "backend": cfg.feature_backend}
+    ftrain, feat_seconds = cached_features("train", train_x, folder, compute, how)
+    fval, s = cached_features("val", val_x, folder, compute, how)
     feat_seconds += s
     train_views = [torch.from_numpy(ftrain)]
     if cfg.flip:
-        fflip, s = cached_features(
-            model,
-            "train_flip",
-            np.ascontiguousarray(train_x[:, :, ::-1]),  # mirror along width (NHWC)
-            folder,
-            cfg.feature_dtype,
-            cfg.extract_batch_size,
-            cfg.channels_last,
-        )
+        mirrored = np.ascontiguousarray(train_x[:, :, ::-1])  # mirror along width (NHWC)
+        fflip, s = cached_features("train_flip", mirrored, folder, compute, how)
         feat_seconds += s
         train_views.append(torch.from_numpy(fflip))
     views = torch.stack(train_views)  # (V, N, 1280)

@@ -40,11 +40,16 @@ def register(sub: Any) -> None:
         action=argparse.BooleanOptionalAction,
         help="cache mirrored training features too (default on)",
     )
-    t.add_argument("--feature-dtype", choices=("float32", "bfloat16"))
+    t.add_argument(
+        "--feature-backend",
+        choices=("onnxruntime", "torch"),
+        help="engine for the one-off backbone pass (default onnxruntime: 5x faster on CPU here)",
+    )
+    t.add_argument("--feature-dtype", choices=("float32", "bfloat16"), help="torch backend only")
     t.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
-        help="channels_last memory format for feature extraction (default off)",
+        help="torch backend: channels_last memory format for extraction (default off)",
     )
     t.add_argument("--seed", type=int)
     t.add_argument("--finetune-from", metavar="RUN", help="fine-tune this transfer run instead")
@@ -117,6 +122,7 @@ def run_transfer(args: argparse.Namespace) -> int:
             "label_smoothing": args.label_smoothing,
             "flip": args.flip,
             "feature_dtype": args.feature_dtype,
+            "feature_backend": args.feature_backend,
             "channels_last": args.channels_last,
             "seed": args.seed,
         }
