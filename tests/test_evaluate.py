@@ -143,7 +143,16 @@ def test_evaluate_run_writes_eval_json_and_figure(tmp_path: Path) -> None:
     assert saved["temperature"] > 0
     assert 0 <= saved["ece"] <= 1 and 0 <= saved["ece_after_temperature"] <= 1
     assert saved["inference_images_per_second"] > 0
+    assert saved["inference_backend"] == "onnxruntime"
     assert (run / "confusion_matrix.png").stat().st_size > 1000
+
+    # Eager torch gives the same answers as the onnxruntime default.
+    res_torch = evaluate_run(
+        run, data={"val": _data(30, 1), "test": _data(40, 2)}, batch_size=16, backend="torch"
+    )
+    assert res_torch["inference_backend"] == "torch"
+    assert res_torch["test_loss"] == pytest.approx(res["test_loss"], abs=1e-4)
+    assert res_torch["confusion_matrix"] == res["confusion_matrix"]
 
 
 def test_evaluate_missing_run_is_a_clear_error(tmp_path: Path) -> None:

@@ -74,6 +74,12 @@ def register(sub: Any) -> None:
     e.add_argument("--which", choices=("best", "last"), default="best")
     e.add_argument("--batch-size", type=int, default=256, help="inference batch (default 256)")
     e.add_argument("--cache-dir", help="data cache folder (default: CIFARLAB_CACHE or user cache)")
+    e.add_argument(
+        "--backend",
+        choices=("onnxruntime", "torch"),
+        default="onnxruntime",
+        help="inference engine (default onnxruntime, as serving uses)",
+    )
     e.set_defaults(func=run_evaluate)
 
     r = sub.add_parser(
@@ -147,7 +153,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from cifarlab.evaluate import CONFUSION_FILE, EVAL_FILE, evaluate_run
 
     res = evaluate_run(
-        args.run, which=args.which, batch_size=args.batch_size, cache_dir=args.cache_dir
+        args.run,
+        which=args.which,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+        backend=args.backend,
     )
     print(
         f"{res['run']} ({res['model']}, {args.which} epoch {res['epoch']}): "
@@ -155,7 +165,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         f"overfitting gap {_pct(res['overfitting_gap'])}\n"
         f"ECE {res['ece']:.4f} -> {res['ece_after_temperature']:.4f} after temperature "
         f"scaling (T={res['temperature']:.3f}); "
-        f"{res['inference_images_per_second']:.0f} images/s; "
+        f"{res['inference_images_per_second']:.0f} images/s ({res['inference_backend']}); "
         f"params {res['params_total']:,} total, {res['params_trainable']:,} trainable\n"
         f"wrote {args.run}/{EVAL_FILE} and {args.run}/{CONFUSION_FILE}"
     )
