@@ -327,7 +327,8 @@ def render_markdown(
         "before temperature scaling. Train wall time: sum of the epoch times in metrics.csv, "
         "plus backbone feature extraction for the transfer model and the parent run for the "
         "fine-tuned one; the CPU was shared with other jobs, so times are upper bounds. "
-        "Inference img/s: test-set forward passes, batch 256, in PyTorch on this CPU.",
+        "Inference img/s: test-set forward passes only, batch 256, through "
+        f"{_backends(runs)} on this CPU.",
         "",
         "## Against the seed study",
         "",
@@ -371,6 +372,11 @@ def render_markdown(
         "",
     ]
     return "\n".join(out)
+
+
+def _backends(runs: list[dict[str, Any]]) -> str:
+    names = sorted({str(r["eval"].get("inference_backend", "torch")) for r in runs})
+    return " / ".join(names)
 
 
 def _rel_run(r: dict[str, Any]) -> str:
