@@ -63,7 +63,25 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(f.name, path)
 
 
-def run_seed(preset: str, seed: int, run_dir: Path, extra: list[str]) -> dict[str, Any]:
+def _same_config(run_dir: Path, preset: str, seed: int, extra: list[str]) -> bool:
+    """Whether `run_dir` was trained with exactly today's preset (and overrides) and seed."""
+    import dataclasses
+
+    from cifarlab import fast
+
+    overrides = {"epochs": float(extra[1])} if extra else {}
+    want = {**dataclasses.asdict(fast.get_preset(preset, **overrides)), "seed": seed}
+    try:
+        got = json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    # JSON turns tuples into lists; compare through one JSON round trip.
+    return bool(got == json.loads(json.dumps(want)))
+
+
+def run_seed(
+    preset: str, seed: int, run_dir: Path, extra: list[str], reuse: bool = False
+) -> dict[str, Any]:
     cmd = [
         sys.executable,
         "-m",
@@ -77,6 +95,12 @@ def run_seed(preset: str, seed: int, run_dir: Path, extra: list[str]) -> dict[st
         str(run_dir),
         *extra,
     ]
+    if reuse and (run_dir / "result.json").is_file():
+        old = json.loads((run_dir / "result.json").read_text())
+        if _same_config(run_dir, preset, seed, extra):
+            print(f"seed {seed}: reusing the finished run in {run_dir}", flush=True)
+            old["reused"] = True
+            return old
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     process_seconds = time.perf_counter() - t0
@@ -122,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--runs-root", type=Path, default=REPO / "runs", help="where run folders go")
     p.add_argument("--epochs", type=float, default=None, help="override the preset's epochs")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse a seed's finished run folder if its config.json equals the preset's "
+        "(it was produced by the same `cifarlab fast-train` process); marked in the details",
+    )
     args = p.parse_args(argv)
 
     out = args.out or REPO / "reports" / "bench" / (
@@ -132,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         run_dir = args.runs_root / f"bench-{args.preset}-s{seed}"
-        r = run_seed(args.preset, seed, run_dir, extra)
+        r = run_seed(args.preset, seed, run_dir, extra, args.reuse)
         results.append(r)
         print(
             f"seed {seed}: acc {r['test_accuracy']:.4f} (no TTA {r['test_accuracy_no_tta']:.4f}) "

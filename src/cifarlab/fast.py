@@ -118,12 +118,14 @@ PRESETS: dict[str, FastConfig] = {
     # instead of 0.7) with more, smaller steps: at this accuracy a small net is cheaper.
     "quick": FastConfig(
         name="quick",
-        epochs=5.0,
-        low_res_epochs=2,
+        epochs=6.0,
+        low_res_epochs=3,
         widths=(32, 128, 128),
         batch_size=512,
         whiten_bias_epochs=2,
     ),
+    # Measured on a 2-core AVX2 machine: 5 epochs (2 at 24px) gave 90.07% (seed 0), too close
+    # to the bar; the extra epoch is a cheap 24px one.
 }
 
 
@@ -173,8 +175,14 @@ class GpuStyleLoader:
             )
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (N, 3, 32, 32)
         if translate:
-            # Reflect padding on uint8 is not implemented in torch; pad once in float.
-            x = F.pad(x.float(), (translate,) * 4, mode="reflect").to(torch.uint8)
+            # Reflect padding on uint8 is not implemented in torch; pad once in float, in
+            # chunks so the float copy never holds the whole set (50,000 images: 0.8 GB).
+            x = torch.cat(
+                [
+                    F.pad(c.float(), (translate,) * 4, mode="reflect").to(torch.uint8)
+                    for c in x.split(4096)
+                ]
+            )
         self.padded = x.permute(0, 2, 3, 1).contiguous()  # (N, 32+2t, 32+2t, 3) uint8
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.batch_size = batch_size
