@@ -122,12 +122,10 @@ def feature_dir(cache_dir: str | os.PathLike[str] | None, weights_sha: str, dtyp
 
 
 def _onnx_feature_session(model: Any) -> Any:
-    """An onnxruntime session computing `model.forward_features` (exported to a temp file)."""
-    import tempfile
-    import warnings
-
-    import onnxruntime as ort
+    """An onnxruntime session computing `model.forward_features` (pooled `(B, 1280)`)."""
     import torch
+
+    from cifarlab.evaluate import onnx_session
 
     class Features(torch.nn.Module):
         def __init__(self, net: Any) -> None:
@@ -137,23 +135,7 @@ def _onnx_feature_session(model: Any) -> Any:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.net.forward_features(x)  # (B, 1280)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "features.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(
-                Features(model).eval(),
-                (torch.zeros(2, 3, 32, 32),),
-                str(path),
-                dynamo=False,
-                opset_version=17,
-                input_names=["x"],
-                output_names=["features"],
-                dynamic_axes={"x": {0: "batch"}, "features": {0: "batch"}},
-            )
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return onnx_session(Features(model))
 
 
 def extract_features(
