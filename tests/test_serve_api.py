@@ -609,6 +609,7 @@ def test_settings_come_from_cifarlab_environment_variables(
     monkeypatch.setenv("CIFARLAB_MAX_BATCH_FILES", "4")
     monkeypatch.setenv("CIFARLAB_MAX_WAIT_MS", "0")
     monkeypatch.setenv("CIFARLAB_MODEL_PATH", str(tmp_path / "m.onnx"))
+    monkeypatch.setenv("CIFARLAB_CACHE", str(tmp_path))  # other areas' variables are ignored
     s = Settings()
     assert (s.max_batch_files, s.max_wait_ms, s.model_path) == (4, 0.0, tmp_path / "m.onnx")
     assert Settings(max_batch_files=7).max_batch_files == 7  # arguments win
