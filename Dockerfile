@@ -10,13 +10,19 @@
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# Only what the wheel needs (see .dockerignore); the model is package data under src/.
+# Dependencies first, from pyproject.toml alone (a stub package stands in for src/), so that
+# editing the code or the model does not re-download them.
 COPY pyproject.toml README.md ./
-COPY src ./src
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --upgrade pip \
+ && mkdir -p src/cifarlab && touch src/cifarlab/__init__.py \
  && /opt/venv/bin/pip install ".[serve]" \
+ && rm -rf src build
+# Then the package itself; the bundled model is package data under src/ (see .dockerignore).
+COPY src ./src
+RUN /opt/venv/bin/pip install --no-deps --force-reinstall . \
  && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
+ && /opt/venv/bin/python -c "import cifarlab.serve.app" \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 # --- runtime: the venv alone, run by an unprivileged user ---------------------------------
