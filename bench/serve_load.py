@@ -311,7 +311,13 @@ def main() -> int:
     p.add_argument("--no-naive", action="store_true", help="skip the batch-size-1 comparison")
     p.add_argument("--out", type=Path, default=OUT_JSON)
     p.add_argument("--no-docs", action="store_true", help="do not update docs/serving.md")
+    p.add_argument(
+        "--render", type=Path, default=None, help="only write the docs table from this JSON"
+    )
     args = p.parse_args()
+    if args.render is not None:
+        update_docs(markdown_table(json.loads(args.render.read_text())))
+        return 0
     if shutil.which("wrk") is None:
         print("wrk not found: install it (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
