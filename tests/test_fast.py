@@ -193,3 +193,48 @@ def test_run_folder_reloads_and_matches_reported_accuracy(tmp_path: Path) -> Non
         logits = model(fast.to_input(test[0], channels_last=False))
     assert fast.accuracy(logits, test[1]) == pytest.approx(result["test_accuracy"])
     assert json.loads((tmp_path / "result.json").read_text())["seed"] == 1
+
+
+def _bench_module() -> object:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "fast_training.py"
+    spec = importlib.util.spec_from_file_location("bench_fast_training", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_summary_has_the_issue_schema() -> None:
+    bench = _bench_module()
+    runs = [
+        {
+            "seed": s,
+            "test_accuracy": acc,
+            "test_accuracy_no_tta": acc - 0.01,
+            "wall_seconds": wall,
+            "images_per_second": 400.0,
+            "train_seconds": wall - 10,
+        }
+        for s, acc, wall in ((0, 0.90, 600.0), (1, 0.92, 500.0), (2, 0.91, 700.0))
+    ]
+    summary = bench.summarise("quick", runs, "python bench/fast_training.py")  # type: ignore[attr-defined]
+    assert set(summary) == {
+        "preset", "runs", "mean_accuracy", "std_accuracy", "median_wall_seconds",
+        "hardware", "torch", "date", "command",
+    }  # fmt: skip
+    assert set(summary["runs"][0]) == {
+        "seed", "test_accuracy", "test_accuracy_no_tta", "wall_seconds", "images_per_second",
+    }  # fmt: skip
+    assert summary["mean_accuracy"] == pytest.approx(0.91)
+    assert summary["median_wall_seconds"] == 600.0
+
+
+def test_benchmark_reuses_only_runs_with_the_same_config(tmp_path: Path) -> None:
+    bench = _bench_module()
+    cfg = {**dataclasses.asdict(fast.get_preset("quick")), "seed": 2}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert bench._same_config(tmp_path, "quick", 2, [])  # type: ignore[attr-defined]
+    assert not bench._same_config(tmp_path, "quick", 3, [])  # type: ignore[attr-defined]
+    assert not bench._same_config(tmp_path, "quick", 2, ["--epochs", "9"])  # type: ignore[attr-defined]
