@@ -726,3 +726,37 @@ def test_cli_serve_answers_over_http(tiny_model: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_batcher_decodes_bytes_in_its_thread_and_a_bad_file_fails_alone() -> None:
+    def decode(data: bytes) -> np.ndarray:
+        if data == b"bad":
+            raise ValueError("not an image")
+        return np.full((1, 1, 3), len(data), np.uint8)
+
+    async def main() -> list[object]:
+        b = MicroBatcher(lambda x: [int(v) for v in x[:, 0, 0, 0]], decode=decode)
+        await b.start()
+        try:
+            items = [b"ab", b"bad", np.full((1, 1, 3), 7, np.uint8), b"abcd"]
+            return await asyncio.gather(*(b.submit(i) for i in items), return_exceptions=True)
+        finally:
+            await b.stop()
+
+    got = run(main())
+    assert got[0] == 2 and got[2] == 7 and got[3] == 4
+    assert isinstance(got[1], ValueError)
+
+
+def test_small_and_large_uploads_give_the_same_answer(tiny_model: Path) -> None:
+    """Small files decode in the inference thread, large ones in the decode pool first."""
+    big = io.BytesIO()
+    pixels = np.random.default_rng(4).integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(big, "PNG")
+    assert len(big.getvalue()) > 64 * 1024
+    small = io.BytesIO()
+    Image.fromarray(load_image(big.getvalue())).save(small, "PNG")
+    with TestClient(create_app(Settings(model_path=tiny_model))) as c:
+        a = c.post("/predict", files={"file": ("big.png", big.getvalue())}).json()
+        b = c.post("/predict", files={"file": ("small.png", small.getvalue())}).json()
+    assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-9)

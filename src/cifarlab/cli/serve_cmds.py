@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,10 @@ def _serve(args: argparse.Namespace) -> int:
     # Load once here so that a bad model fails with one clear line before the port opens.
     predictor = Predictor(settings.model_path, threads=settings.ort_threads)
     app = create_app(settings, predictor=predictor)
+    # The event loop thread is busy under load; with Python's default 5 ms GIL switch
+    # interval, the inference and decode threads would wait up to that long for the GIL each
+    # time they hand a result back. This process is ours, so shorten it.
+    sys.setswitchinterval(0.001)
     logging.getLogger(__name__).info(
         "http://%s:%d/ui  (API docs: /docs)", settings.host, settings.port
     )

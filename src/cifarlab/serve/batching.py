@@ -49,6 +49,7 @@ class MicroBatcher(Generic[R]):
         max_batch_size: int = 32,
         max_wait_ms: float = 2.0,
         on_batch: Callable[[int], None] | None = None,
+        decode: Callable[[bytes], np.ndarray] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -58,7 +59,12 @@ class MicroBatcher(Generic[R]):
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.on_batch = on_batch
-        self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[R]]] | None = None
+        # Small uploads may be submitted as bytes and decoded here, in the inference thread:
+        # one thread hop per batch instead of one per request, and no GIL hand-offs between
+        # decode threads and a busy event loop. (Large files are decoded before submitting,
+        # so they never hold up other requests' inference.)
+        self.decode = decode
+        self._queue: asyncio.Queue[tuple[np.ndarray | bytes, asyncio.Future[R]]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._inflight: list[asyncio.Future[R]] = []
@@ -93,8 +99,12 @@ class MicroBatcher(Generic[R]):
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    async def submit(self, image: np.ndarray) -> R:
-        """Queue one image and wait for its result (exceptions of `run_batch` propagate)."""
+    async def submit(self, image: np.ndarray | bytes) -> R:
+        """Queue one image (an array, or file bytes when `decode` is set) and await its result.
+
+        Exceptions of `run_batch` propagate to every request of the batch; a decode error only
+        to its own request.
+        """
         if self._queue is None or not self.running:
             raise BatcherClosedError("the batcher is not running; call start() first")
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -126,22 +136,45 @@ class MicroBatcher(Generic[R]):
                 continue
             await self._run(loop, batch)
 
-    def _drain(self, batch: list[tuple[np.ndarray, asyncio.Future[R]]]) -> None:
+    def _drain(self, batch: list[tuple[np.ndarray | bytes, asyncio.Future[R]]]) -> None:
         assert self._queue is not None
         while len(batch) < self.max_batch_size and not self._queue.empty():
             batch.append(self._queue.get_nowait())
 
+    def _process(self, items: list[np.ndarray | bytes]) -> list[R | Exception]:
+        """In the inference thread: decode what is still bytes, then one `run_batch` call."""
+        images: list[np.ndarray] = []
+        slots: list[int | Exception] = []  # index into images, or this item's decode error
+        for item in items:
+            if isinstance(item, bytes):
+                if self.decode is None:
+                    raise TypeError("got file bytes but the batcher has no decode function")
+                try:
+                    image = self.decode(item)
+                except Exception as exc:
+                    slots.append(exc)
+                    continue
+            else:
+                image = item
+            slots.append(len(images))
+            images.append(image)
+        results: Sequence[R] = self.run_batch(np.stack(images)) if images else []
+        if len(results) != len(images):
+            raise RuntimeError(f"run_batch returned {len(results)} results for {len(images)}")
+        return [slot if isinstance(slot, Exception) else results[slot] for slot in slots]
+
     async def _run(
-        self, loop: asyncio.AbstractEventLoop, batch: list[tuple[np.ndarray, asyncio.Future[R]]]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[tuple[np.ndarray | bytes, asyncio.Future[R]]],
     ) -> None:
         if self.on_batch is not None:
             self.on_batch(len(batch))
-        images = np.stack([img for img, _ in batch])
         self._inflight = [fut for _, fut in batch]
         try:
-            results = await loop.run_in_executor(self._executor, self.run_batch, images)
-            if len(results) != len(batch):
-                raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)}")
+            results = await loop.run_in_executor(
+                self._executor, self._process, [item for item, _ in batch]
+            )
         except Exception as exc:  # hand the error to every waiting request, keep serving
             log.exception("batch of %d failed", len(batch))
             for _, fut in batch:
@@ -152,5 +185,9 @@ class MicroBatcher(Generic[R]):
         # (On cancellation the futures stay in `_inflight`, for `stop()` to fail them.)
         self._inflight = []
         for (_, fut), result in zip(batch, results, strict=True):
-            if not fut.done():
+            if fut.done():
+                continue
+            if isinstance(result, Exception):
+                fut.set_exception(result)
+            else:
                 fut.set_result(result)
