@@ -6,9 +6,10 @@ Endpoints: `GET /` (liveness), `GET /health` (model and settings; 503 until the 
 loaded), `POST /predict` (multipart field `file`), `POST /predict/batch` (field `files`, 1 to
 `max_batch_files`), `GET /metrics` (Prometheus), `GET /ui` (the web page), `GET /docs`.
 
-Uploads are read with limits enforced while streaming (`uploads.py`), decoded in a worker
-thread (`imaging.load_image`), and classified through the dynamic micro-batcher
-(`batching.py`), whose inference thread is the only caller of ONNX Runtime. Every bad input
+Uploads are read with limits enforced while streaming (`uploads.py`), then decoded
+(`imaging.load_image`) and classified off the event loop through the dynamic micro-batcher
+(`batching.py`): small files are decoded in its inference thread with their batch, large ones
+in a decode pool first. The inference thread is the only caller of ONNX Runtime. Every bad input
 gets a 4xx JSON `{"detail": "..."}` that says what was wrong.
 """
 
