@@ -25,19 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarlab import data
+from cifarlab import data, runinfo
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -76,7 +66,7 @@ def main() -> int:
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "hardware": {"cpu": cpu_name(), "cores": os.cpu_count(), "machine": platform.machine()},
+        "hardware": runinfo.hardware(),
         "versions": {"python": platform.python_version(), "numpy": np.__version__},
         "repeats": args.repeats,
         "note": "shared 2-core machine; run under the CPU lock so no other heavy job overlaps",

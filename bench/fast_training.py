@@ -32,27 +32,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cifarlab.runinfo import hardware
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def hardware() -> dict[str, Any]:
-    cpu, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "avx2": "avx2" in flags,
-        "avx512f": "avx512f" in flags,
-        "avx512_bf16": "avx512_bf16" in flags,
-        "amx_bf16": "amx_bf16" in flags,
-    }
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from cifarlab import runinfo
+
 REPO = Path(__file__).resolve().parents[1]
 OUT_JSON = REPO / "reports" / "bench" / "serving.json"
 DOCS = REPO / "docs" / "serving.md"
@@ -214,23 +216,13 @@ def model_alone(model: Path, threads: int, seconds: float, batch: int = 32) -> d
 
 
 def hardware() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import fastapi
     import onnxruntime
     import uvicorn
 
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
+        **runinfo.hardware(),
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
         "fastapi": fastapi.__version__,

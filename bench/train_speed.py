@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from cifarlab.models import get_model
-from cifarlab.train import _cpu_name, prepare_batch
+from cifarlab.runinfo import cpu_name
+from cifarlab.train import prepare_batch
 from cifarlab.transforms import get_preset
 
 
@@ -72,7 +73,7 @@ def main() -> None:
     out = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "hardware": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(),
         },

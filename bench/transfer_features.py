@@ -36,9 +36,9 @@ def main() -> int:
     args = ap.parse_args()
 
     from cifarlab.data import load_split
-    from cifarlab.evaluate import hardware
     from cifarlab.models import get_model
     from cifarlab.preprocess import normalize
+    from cifarlab.runinfo import hardware
 
     images, _ = load_split("test")
     x = torch.from_numpy(normalize(images[: args.images]))

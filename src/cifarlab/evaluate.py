@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import platform
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ import numpy as np
 from cifarlab.constants import CLASSES
 from cifarlab.errors import CifarlabError
 from cifarlab.preprocess import normalize
+from cifarlab.runinfo import hardware_line
 
 log = logging.getLogger(__name__)
 
@@ -202,20 +202,6 @@ def overfitting_gap(
     return gap, train, val
 
 
-def hardware() -> str:
-    """One line naming the CPU and core count (for results and reports)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}"
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -370,7 +356,7 @@ def evaluate_run(
         "per_class": per_class_metrics(test_y, preds, classes),
         "confusion_matrix": cm.tolist(),
         "classes": classes,
-        "hardware": hardware(),
+        "hardware": hardware_line(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     save_confusion_figure(

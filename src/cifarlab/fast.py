@@ -32,13 +32,9 @@ import json
 import logging
 import math
 import os
-import platform
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +47,7 @@ from cifarlab.constants import CIFAR_MEAN_255, CIFAR_STD_255, CLASSES, IMAGE_SIZ
 from cifarlab.errors import CifarlabError
 from cifarlab.models import get_model
 from cifarlab.models.fastnet import FastNet
+from cifarlab.train import env_info
 
 log = logging.getLogger(__name__)
 
@@ -331,37 +328,6 @@ def flops_per_image(cfg: FastConfig, size: int = IMAGE_SIZE) -> float:
     with counter:
         model(x).sum().backward()
     return counter.get_total_flops() / 2
-
-
-def env_info() -> dict[str, Any]:
-    """Versions, hardware, git sha and command line, for `env.json` and benchmark files."""
-    sha = ""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "git_sha": sha,
-        "command": " ".join(sys.argv),
-        "start_time": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -23,13 +23,13 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cifarlab.errors import CifarlabError
-from cifarlab.evaluate import CONFUSION_FILE, EVAL_FILE, hardware, write_json_atomic
+from cifarlab.evaluate import CONFUSION_FILE, EVAL_FILE, write_json_atomic
+from cifarlab.runinfo import git_sha, hardware_line
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +73,6 @@ def _read_metrics(path: Path) -> list[dict[str, float]]:
         return [
             {k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(fh)
         ]
-
-
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=5
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _command(env: dict[str, Any]) -> str:
@@ -417,9 +407,9 @@ def build_report(
 
     results = {
         "models": [result_row(r) for r in loaded],
-        "hardware": hardware(),
+        "hardware": hardware_line(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_sha": _git_sha(),
+        "git_sha": git_sha(),
     }
     write_json_atomic(out / "results.json", results)
     eda = sorted(f"figures/{p.name}" for p in figs.glob("*.png") if p.name not in OWN_FIGURES)

@@ -44,7 +44,6 @@ import logging
 import os
 import platform
 import random
-import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -57,7 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifarlab import distributed
+from cifarlab import distributed, runinfo
 from cifarlab.checkpoint import (
     CheckpointError,
     atomic_write_text,
@@ -466,30 +465,6 @@ def _load_rng_state(extras: Mapping[str, torch.Tensor], saved: Mapping[str, Any]
 # ---- run folder --------------------------------------------------------------------------------
 
 
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _program_name() -> str:
     name = Path(sys.argv[0]).name
     # `python -m cifarlab` (and torchrun -m) report the package's __main__.py.
@@ -510,12 +485,12 @@ def env_info(info: DistInfo | None = None) -> dict[str, Any]:
         "torchvision": torchvision.__version__,
         "numpy": np.__version__,
         "platform": platform.platform(),
-        "cpu": _cpu_name(),
+        "cpu": runinfo.cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "world_size": info.world_size,
-        "git_sha": _git_sha(),
+        "git_sha": runinfo.git_sha(),
         "command": [_program_name(), *sys.argv[1:]],
         "start_time": datetime.now(UTC).isoformat(timespec="seconds"),
     }
