@@ -94,6 +94,13 @@ def test_export_writes_metadata_into_the_onnx_file(baseline_export: tuple[Path, 
     assert info.name == "baseline_cnn" and info.classes == CLASSES and info.test_accuracy == 0.5
 
 
+def test_export_leaves_no_source_paths_in_the_file(baseline_export: tuple[Path, nn.Module]) -> None:
+    path, _ = baseline_export
+    proto = onnx.load(str(path))
+    assert all(len(node.metadata_props) == 0 for node in proto.graph.node)
+    assert str(REPO).encode() not in path.read_bytes()
+
+
 def test_export_writes_a_side_car_json_with_the_file_hash(
     baseline_export: tuple[Path, nn.Module],
 ) -> None:

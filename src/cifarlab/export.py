@@ -134,6 +134,10 @@ def export_model(model: nn.Module, out: Path, info: ModelInfo, *, tta: bool = Fa
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto)
     info = ModelInfo(**{**asdict(info), "tta": tta, "exporter": exporter, "opset": OPSET})
+    # The dynamo exporter annotates every node with the Python stack that produced it: source
+    # paths of the exporting machine that a published model must not carry.
+    for node in [*proto.graph.node, *(n for f in proto.functions for n in f.node)]:
+        del node.metadata_props[:]
     del proto.metadata_props[:]
     for key, value in info.to_props().items():
         entry = proto.metadata_props.add()
