@@ -4,7 +4,7 @@
 
 Registry models are exported with random weights (parity does not need training); the parity
 check on 1,000 real test images uses the `cifar_source` fixture, prepared into a temp cache.
-A trained run is also exported when one is there (`CIFARLAB_EXPORT_RUN` or `runs/*/best.*`).
+A trained run is exported too: `CIFARLAB_EXPORT_RUN`, a run under `runs/`, or a short real run.
 """
 
 from __future__ import annotations
@@ -243,18 +243,29 @@ def test_fastnet_exports_with_tta_and_parity_on_real_images(
     assert result.parity is not None and result.parity.passed, result.parity
 
 
-def _trained_runs() -> list[Path]:
+def _trained_run(cifar_source: Path, tmp_path: Path) -> Path:
+    """`CIFARLAB_EXPORT_RUN`, else a run under runs/, else a short real run trained here."""
     env = os.environ.get("CIFARLAB_EXPORT_RUN")
     if env:
-        return [Path(env)]
-    return sorted(p.parent for p in (REPO / "runs").glob("*/best.safetensors"))[:1]
+        return Path(env)
+    found = sorted(p.parent for p in (REPO / "runs").glob("*/best.safetensors"))
+    if found:
+        return found[0]
+    from cifarlab.data import prepare
+
+    cache = tmp_path / "cache"
+    prepare(source=cifar_source, cache_dir=cache, progress=False)
+    run = tmp_path / "runs" / "short"
+    args = ["train", "--model", "baseline_cnn", "--subset", "512", "--epochs", "1"]
+    args += ["--batch-size", "64", "--run-dir", str(run), "--cache-dir", str(cache)]
+    assert main([*args, "--no-progress"]) == 0
+    return run
 
 
 @pytest.mark.real_data
-@pytest.mark.skipif(not _trained_runs(), reason="no trained run (set CIFARLAB_EXPORT_RUN)")
 def test_trained_run_exports_with_parity_on_1000_real_images(
-    real_test_images: np.ndarray, tmp_path: Path
+    real_test_images: np.ndarray, cifar_source: Path, tmp_path: Path
 ) -> None:
-    run = _trained_runs()[0]
+    run = _trained_run(cifar_source, tmp_path)
     result = export_run(run, tmp_path / "trained.onnx", images=real_test_images)
     assert result.parity is not None and result.parity.passed, result.parity
