@@ -16,9 +16,8 @@ import json
 import os
 from typing import Any
 
-# Options that define a run; --resume continues the saved config, so they clash with it.
-_RUN_OPTIONS = (
-    "model",
+# TrainConfig fields the command line sets directly.
+_CONFIG_OPTIONS = (
     "epochs",
     "batch_size",
     "lr",
@@ -34,10 +33,9 @@ _RUN_OPTIONS = (
     "subset",
     "bf16",
     "channels_last",
-    "model_kwargs",
-    "name",
-    "run_dir",
 )
+# Options that define a run; --resume continues the saved config, so they clash with it.
+_RUN_OPTIONS = ("model", *_CONFIG_OPTIONS, "model_kwargs", "name", "run_dir")
 
 
 def _kv(text: str) -> tuple[str, Any]:
@@ -133,25 +131,7 @@ def run(args: argparse.Namespace) -> int:
         if args.model not in list_models():
             get_model(args.model)  # raises the registry's error listing the known models
         fields: dict[str, Any] = {
-            k: getattr(args, k)
-            for k in (
-                "epochs",
-                "batch_size",
-                "lr",
-                "optimizer",
-                "weight_decay",
-                "schedule",
-                "augment",
-                "label_smoothing",
-                "seed",
-                "patience",
-                "monitor",
-                "train_split",
-                "subset",
-                "bf16",
-                "channels_last",
-            )
-            if getattr(args, k) is not None
+            k: getattr(args, k) for k in _CONFIG_OPTIONS if getattr(args, k) is not None
         }
         fields.setdefault("augment", "keras_aug" if args.model == "augmented_cnn" else "none")
         if args.train_split == "train_full":
