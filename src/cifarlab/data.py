@@ -160,9 +160,9 @@ def parse_records(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_bytes(data: bytes, name: str, origin: str, spec: DataSpec) -> None:
-    """Size, then checksum: a size mismatch gets the more useful message."""
+    """Size (record files only), then checksum: a size mismatch gets the more useful message."""
     want = spec.records_per_file * RECORD_BYTES
-    if len(data) != want:
+    if name != spec.meta_file and len(data) != want:
         what = "truncated" if len(data) < want else "larger than expected"
         raise DataError(
             f"{origin}: {name} is {len(data):,} bytes, expected {want:,} "
@@ -212,10 +212,7 @@ def _read_folder(folder: Path, spec: DataSpec) -> dict[str, bytes]:
         if not path.is_file():
             raise DataError(f"{path} is not a regular file; point --source at a clean copy.")
         data = path.read_bytes()
-        if name == spec.meta_file:
-            _check_sum(data, name, str(folder), spec)
-        else:
-            _check_bytes(data, name, str(folder), spec)
+        _check_bytes(data, name, str(folder), spec)
         out[name] = data
     return out
 
@@ -249,10 +246,7 @@ def _read_archive(archive: Path, spec: DataSpec) -> dict[str, bytes]:
                 if f is None:  # pragma: no cover - isfile() members always have data
                     continue
                 data = f.read()
-                if base == spec.meta_file:
-                    _check_sum(data, base, str(archive), spec)
-                else:
-                    _check_bytes(data, base, str(archive), spec)
+                _check_bytes(data, base, str(archive), spec)
                 out[base] = data
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         # gzip.BadGzipFile is an OSError; a truncated stream raises EOFError.
