@@ -177,6 +177,11 @@ def test_cli_unknown_model_exits_2_with_known_names(capsys: pytest.CaptureFixtur
 def test_cli_resume_rejects_run_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--resume", str(tmp_path), "--epochs", "3"]) == 2
     assert "--epochs" in capsys.readouterr().err
+    # Falsy values are options too: silently dropping them would train something else.
+    argv = ["train", "--resume", str(tmp_path), "--seed", "0", "--no-bf16", "--model-kwarg", "a=1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--seed" in err and "--bf16" in err and "--model-kwarg" in err
 
 
 def test_bad_config_values_are_clear_errors(tmp_path: Path, tiny: TrainData) -> None:

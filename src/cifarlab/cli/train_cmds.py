@@ -115,7 +115,12 @@ def run(args: argparse.Namespace) -> int:
         common["cache_dir"] = args.cache_dir
 
     if args.resume:
-        clashing = [f"--{k.replace('_', '-')}" for k in _RUN_OPTIONS if getattr(args, k, None)]
+        # `is not None`: --seed 0, --patience 0 or --no-bf16 clash as much as any other value.
+        clashing = [
+            "--model-kwarg" if k == "model_kwargs" else f"--{k.replace('_', '-')}"
+            for k in _RUN_OPTIONS
+            if getattr(args, k, None) is not None
+        ]
         if clashing:
             raise CLIError(
                 f"--resume continues the saved config of {args.resume}; drop {' '.join(clashing)}"
