@@ -189,24 +189,21 @@ def test_finetune_starts_from_the_head_run(
 
 def test_finetune_rejects_a_non_transfer_run(tmp_path: Path) -> None:
     from cifarlab.checkpoint import save_checkpoint
-    from cifarlab.errors import CifarlabError
+    from cifarlab.transfer import TransferError
 
+    # A valid checkpoint of another registered model: it loads, so only the guard can object.
     run = tmp_path / "other"
     run.mkdir()
     meta = {
-        "model": "mobilenet_v2_transfer",
-        "model_kwargs": {"pretrained": False},
+        "model": "baseline_cnn",
+        "model_kwargs": {},
         "classes": [],
         "epoch": 1,
         "metrics": {},
         "config": {},
     }
-    save_checkpoint(run / "best", get_model("mobilenet_v2_transfer", pretrained=False), meta)
-    meta_path = run / "best.json"
-    data = json.loads(meta_path.read_text())
-    data["model"] = "mobilenet_v2_finetune_typo"
-    meta_path.write_text(json.dumps(data))
-    with pytest.raises(CifarlabError, match="unknown model"):
+    save_checkpoint(run / "best", get_model("baseline_cnn"), meta)
+    with pytest.raises(TransferError, match="holds a 'baseline_cnn' run; pass a mobilenet_v2"):
         finetune(FinetuneConfig(finetune_from=str(run), runs_dir=str(tmp_path)))
 
 
