@@ -582,18 +582,34 @@ def test_batcher_reports_errors_to_callers_and_keeps_serving() -> None:
 
 
 def test_batcher_stop_fails_waiting_requests() -> None:
+    """stop() fails waiting requests at once and waits for the running batch off the loop.
+
+    The batch only finishes when the test, on the event loop, releases it *after* checking
+    that the request has failed; were stop() to block the loop while waiting for the
+    inference thread, that release could never happen and the batch reports it was not
+    released (the wait's timeout is only a safety net against hanging forever).
+    """
+
     async def main() -> None:
-        release = threading.Event()
-        b = MicroBatcher(lambda x: (release.wait(5), [0] * len(x))[1])
+        entered, release = threading.Event(), threading.Event()
+        released: list[bool] = []
+
+        def run_batch(x: np.ndarray) -> list[int]:
+            entered.set()
+            released.append(release.wait(60))
+            return [0] * len(x)
+
+        b = MicroBatcher(run_batch)
         await b.start()
         pending = asyncio.ensure_future(b.submit(np.zeros((1, 1, 3), np.uint8)))
-        await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(entered.wait, 60)
         stopping = asyncio.ensure_future(b.stop())
-        await asyncio.sleep(0.05)
-        release.set()
-        await stopping
         with pytest.raises(BatcherClosedError):
             await pending
+        assert not stopping.done()  # still waiting for the batch in the inference thread
+        release.set()
+        await stopping
+        assert released == [True]
         with pytest.raises(BatcherClosedError):
             await b.submit(np.zeros((1, 1, 3), np.uint8))
 

@@ -96,8 +96,9 @@ class MicroBatcher(Generic[R]):
                 fut.set_exception(BatcherClosedError("the server is shutting down"))
         self._inflight = []
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+            # Wait for a batch still running in the inference thread, without blocking the loop.
+            executor, self._executor = self._executor, None
+            await asyncio.to_thread(executor.shutdown, wait=True)
 
     async def submit(self, image: np.ndarray | bytes) -> R:
         """Queue one image (an array, or file bytes when `decode` is set) and await its result.
