@@ -160,7 +160,9 @@ def test_existing_run_folder_is_not_overwritten_by_accident(
     fit(cfg, data=tiny)
     with pytest.raises(TrainError, match="--resume"):
         fit(cfg, data=tiny)
+    (tmp_path / "run" / "eval.json").write_text("{}")  # an evaluation of the old weights
     fit(cfg, data=tiny, overwrite=True)
+    assert not (tmp_path / "run" / "eval.json").exists()
 
 
 def test_unknown_model_error_lists_known_models(tmp_path: Path, tiny: TrainData) -> None:

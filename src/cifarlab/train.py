@@ -68,6 +68,7 @@ from cifarlab.checkpoint import (
 from cifarlab.constants import CLASSES
 from cifarlab.distributed import DistInfo
 from cifarlab.errors import CifarlabError
+from cifarlab.evaluate import CONFUSION_FILE, EVAL_FILE
 from cifarlab.transforms import KerasAugment, get_preset, normalize_float, to_float_nchw
 
 log = logging.getLogger(__name__)
@@ -645,6 +646,12 @@ def _fit(
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("best.json", "best.safetensors", "last.json", "last.safetensors"):
             (run_dir / stale).unlink(missing_ok=True)
+    if info.is_main and start_epoch <= cfg.epochs:
+        # An evaluation describes checkpoints that this training is about to replace; left in
+        # place, report and export would pair it with the new weights.
+        for stale in (EVAL_FILE, CONFUSION_FILE):
+            (run_dir / stale).unlink(missing_ok=True)
+    if not resume and info.is_main:
         _write_json(run_dir / "config.json", asdict(cfg))
         _write_json(run_dir / "env.json", env_info(info))
         _write_metrics(run_dir / "metrics.csv", [])
