@@ -170,7 +170,9 @@ def test_cli_export_reads_the_run_eval_and_env(
     out = tmp_path / "models" / "m.onnx"
     code = main(["export", str(run), "--out", str(out), "--tta", "--parity-images", "0"])
     assert code == 0
-    assert "test accuracy 0.4321" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "test accuracy 0.4321" in printed
+    assert "parity check skipped (--parity-images 0)" in printed
     info = Predictor(out).info
     assert info.name == "baseline_cnn" and info.tta
     assert info.test_accuracy == pytest.approx(0.4321)

@@ -72,7 +72,9 @@ def _export(args: argparse.Namespace) -> int:
     acc = "unknown" if info.test_accuracy is None else f"{info.test_accuracy:.4f}"
     print(f"wrote {result.onnx_path} ({info.name}, tta={info.tta}, test accuracy {acc})")
     print(f"wrote {result.sidecar_path} (sha256 {info.sha256})")
-    if result.parity is None:
+    if result.parity is None and args.parity_images <= 0:
+        print("parity check skipped (--parity-images 0)")
+    elif result.parity is None:
         print("parity check skipped (no prepared test split; run `cifarlab data prepare`)")
     else:
         p = result.parity
