@@ -69,7 +69,13 @@ from cifarlab.constants import CLASSES
 from cifarlab.distributed import DistInfo
 from cifarlab.errors import CifarlabError
 from cifarlab.evaluate import CONFUSION_FILE, EVAL_FILE
-from cifarlab.transforms import KerasAugment, get_preset, normalize_float, to_float_nchw
+from cifarlab.transforms import (
+    KerasAugment,
+    get_preset,
+    normalize_float,
+    to_float_nchw,
+    to_model_input,
+)
 
 log = logging.getLogger(__name__)
 
@@ -221,10 +227,10 @@ def prepare_batch(
 ) -> torch.Tensor:
     """Raw batch -> model input: uint8 images are augmented (train) and normalised."""
     if _is_images(xb):
-        x = to_float_nchw(xb.to(device))
-        if augment is not None and params is not None:
-            x = augment.apply(x, params)
-        x = normalize_float(x)
+        if augment is None or params is None:
+            x = to_model_input(xb.to(device))  # the eval path, tested equal to preprocess
+        else:
+            x = normalize_float(augment.apply(to_float_nchw(xb.to(device)), params))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
