@@ -25,7 +25,6 @@ the file is read with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -37,6 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cifarlab.constants import CIFAR_MEAN, CIFAR_STD, NUM_CLASSES
+from cifarlab.data import sha256_file
 from cifarlab.errors import CifarlabError
 from cifarlab.models.registry import register_model
 
@@ -66,14 +66,6 @@ def weights_filename() -> str:
 def hub_weights_path() -> Path:
     """Where torchvision itself would cache the file: `$TORCH_HOME/hub/checkpoints/<name>`."""
     return Path(torch.hub.get_dir()) / "checkpoints" / weights_filename()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def find_weights(path: str | os.PathLike[str] | None = None) -> Path:
