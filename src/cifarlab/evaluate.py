@@ -285,6 +285,7 @@ def evaluate_run(
     import torch
 
     from cifarlab.checkpoint import load_model_from_run
+    from cifarlab.models.mobilenet import count_params
 
     run = Path(run_dir)
     if not run.is_dir():
@@ -322,8 +323,7 @@ def evaluate_run(
     epoch = int(meta.get("epoch", rows[-1]["epoch"]))
     gap, train_acc, val_acc = overfitting_gap(rows, epoch)
     cm = confusion(test_y, preds, len(classes))
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total, trainable = count_params(model)
 
     result: dict[str, Any] = {
         "run": run.name,
