@@ -41,7 +41,6 @@ import csv
 import io
 import json
 import logging
-import os
 import platform
 import random
 import sys
@@ -491,9 +490,7 @@ def env_info(info: DistInfo | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "numpy": np.__version__,
-        "platform": platform.platform(),
-        "cpu": runinfo.cpu_name(),
-        "cpu_count": os.cpu_count(),
+        **runinfo.hardware(),  # cpu, cores, platform and the AVX-512/bf16 flags
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "world_size": info.world_size,
