@@ -169,10 +169,6 @@ def _check_bytes(data: bytes, name: str, origin: str, spec: DataSpec) -> None:
             f"({spec.records_per_file:,} records of {RECORD_BYTES} bytes); the file is {what}. "
             "Re-download it or point --source at a clean copy of the official files."
         )
-    _check_sum(data, name, origin, spec)
-
-
-def _check_sum(data: bytes, name: str, origin: str, spec: DataSpec) -> None:
     got = hashlib.sha256(data).hexdigest()
     if got != spec.sha256[name]:
         raise DataError(
