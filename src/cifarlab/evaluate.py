@@ -203,9 +203,10 @@ def overfitting_gap(
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write `data` as indented JSON via `checkpoint.atomic_write_text` (report.py uses it)."""
+    from cifarlab.checkpoint import atomic_write_text  # unique temp name, fsync, rename
+
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def onnx_session(model: Any) -> Any:

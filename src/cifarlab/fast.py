@@ -31,7 +31,6 @@ import io
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifarlab.checkpoint import atomic_write_text
 from cifarlab.constants import CIFAR_MEAN_255, CIFAR_STD_255, CLASSES, IMAGE_SIZE
 from cifarlab.errors import CifarlabError
 from cifarlab.models import get_model
@@ -331,9 +331,7 @@ def flops_per_image(cfg: FastConfig, size: int = IMAGE_SIZE) -> float:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)  # unique temp name, fsync, rename
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -96,9 +96,9 @@ class FinetuneConfig:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from cifarlab.checkpoint import atomic_write_text  # unique temp name, fsync, rename
+
+    atomic_write_text(path, text)
 
 
 def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
