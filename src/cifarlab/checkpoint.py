@@ -51,6 +51,17 @@ def _paths(stem: Path | str) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
+def give_default_mode(path: Path | str) -> None:
+    """Give `path` the mode `open()` would have created it with (0666 minus the umask).
+
+    `tempfile.mkstemp` creates private 0600 files; files renamed into place from one should
+    be readable like any other (e.g. the serving container reads models as a non-root user).
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -59,6 +70,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        give_default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -68,6 +80,11 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` via a temporary file and a rename (used for run-folder files)."""
     _atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write `data` as indented JSON (with a final newline) via `atomic_write_text`."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _sha256(data: bytes) -> str:

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from cifarlab import __version__
+from cifarlab.checkpoint import give_default_mode, write_json_atomic
 from cifarlab.constants import CIFAR_MEAN, CIFAR_STD, CLASSES, IMAGE_SIZE
 from cifarlab.errors import CifarlabError
 from cifarlab.serve.predictor import INPUT_NAME, ModelInfo, Predictor, file_sha256, preprocess
@@ -198,31 +199,11 @@ def _test_accuracy(run_dir: Path, meta: dict[str, Any], which: str) -> float | N
     return None
 
 
-def _readable(path: Path) -> None:
-    """mkstemp creates 0600 files; give them the usual umask-based mode (the serving
-    container reads the bundled model as a non-root user)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
-
-
 def _command_text(command: Any) -> str | None:
     """env.json stores the command line as a string or an argv list."""
     if isinstance(command, list):
         return shlex.join(str(a) for a in command)
     return str(command) if command else None
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        _readable(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _parity_images(n: int, cache_dir: Path | None) -> np.ndarray | None:
@@ -309,7 +290,7 @@ def export_with_parity(
                     f"{PARITY_MIN_TOP1_AGREEMENT}); nothing was written to {out}"
                 )
         sha = file_sha256(tmp)
-        _readable(tmp)
+        give_default_mode(tmp)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -329,6 +310,6 @@ def export_with_parity(
         if sys.argv and sys.argv[0]
         else None,
     }
-    _atomic_write_text(side, json.dumps(record, indent=2) + "\n")
+    write_json_atomic(side, record)
     log.info("wrote %s (sha256 %s) and %s", out, sha[:12], side)
     return ExportResult(out, side, info, parity)
