@@ -404,6 +404,20 @@ async def health(service: ServiceDep) -> HealthResponse:
     )
 
 
+def _item(upload: Upload, result: Prediction) -> BatchItem:
+    """One file's answer: the fields /predict and each /predict/batch result share."""
+    return BatchItem(
+        filename=upload.filename or None,
+        predicted_class=result.predicted_class,
+        confidence=result.confidence,
+        probabilities=result.probabilities,
+    )
+
+
+def _latency_ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
+
+
 @router.post(
     "/predict",
     response_model=PredictResponse,
@@ -413,17 +427,15 @@ async def health(service: ServiceDep) -> HealthResponse:
 )
 async def predict(request: Request, service: ServiceDep) -> PredictResponse:
     start = time.perf_counter()
+    assert service.predictor is not None  # ServiceDep checked it is ready
+    info = service.predictor.info  # the model answering this request, even if shut down later
     (upload,) = await service.uploads(request, "file", max_files=1)
-    result = await service.classify_file(upload.data)
-    info = service.predictor.info if service.predictor else None
+    item = _item(upload, await service.classify_file(upload.data))
     return PredictResponse(
-        predicted_class=result.predicted_class,
-        confidence=result.confidence,
-        probabilities=result.probabilities,
-        filename=upload.filename or None,
-        model=info.name if info else "",
-        model_version=info.version if info else "",
-        latency_ms=round((time.perf_counter() - start) * 1000, 3),
+        **item.model_dump(),
+        model=info.name,
+        model_version=info.version,
+        latency_ms=_latency_ms(start),
     )
 
 
@@ -436,26 +448,19 @@ async def predict(request: Request, service: ServiceDep) -> PredictResponse:
 )
 async def predict_batch(request: Request, service: ServiceDep) -> BatchResponse:
     start = time.perf_counter()
+    assert service.predictor is not None  # ServiceDep checked it is ready
+    info = service.predictor.info
     uploads = await service.uploads(request, "files", max_files=service.settings.max_batch_files)
     images = await service.decode_all(uploads)
     # Submitted together, they reach the worker together and share one ONNX Runtime call
     # (with other requests' images, if any are queued).
     results = await asyncio.gather(*(service.classify(img) for img in images))
-    info = service.predictor.info if service.predictor else None
     return BatchResponse(
-        results=[
-            BatchItem(
-                filename=u.filename or None,
-                predicted_class=r.predicted_class,
-                confidence=r.confidence,
-                probabilities=r.probabilities,
-            )
-            for u, r in zip(uploads, results, strict=True)
-        ],
+        results=[_item(u, r) for u, r in zip(uploads, results, strict=True)],
         count=len(results),
-        model=info.name if info else "",
-        model_version=info.version if info else "",
-        latency_ms=round((time.perf_counter() - start) * 1000, 3),
+        model=info.name,
+        model_version=info.version,
+        latency_ms=_latency_ms(start),
     )
 
 
