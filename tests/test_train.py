@@ -295,3 +295,9 @@ def test_cli_train_smoke_on_real_data(
     assert asdict(cfg)["model"] == "baseline_cnn"
     _, meta = load_checkpoint(run / "last")
     assert meta["train_state"]["history"][0]["epoch"] == 1
+
+
+def test_config_defaults_to_each_models_own_augmentation() -> None:
+    assert TrainConfig(model="augmented_cnn").augment == "keras_aug"
+    assert TrainConfig(model="baseline_cnn").augment == "none"
+    assert TrainConfig(model="augmented_cnn", augment="none").augment == "none"

@@ -88,6 +88,10 @@ class TrainError(CifarlabError):
     """A training request that cannot run as given (bad option, existing run folder...)."""
 
 
+# The seed study trains augmented_cnn with the Keras pipeline; other models default to none.
+DEFAULT_AUGMENT = {"augmented_cnn": "keras_aug"}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = "baseline_cnn"
@@ -98,7 +102,7 @@ class TrainConfig:
     optimizer: str = "adam"  # adam | adamw | sgd (nesterov, momentum 0.9)
     weight_decay: float = 0.0
     schedule: str = "onecycle"  # onecycle | cosine | constant, stepped per batch
-    augment: str = "none"  # preset name in cifarlab.transforms
+    augment: str = "auto"  # preset name in cifarlab.transforms; "auto": the model's own
     label_smoothing: float = 0.0
     seed: int = 0
     patience: int = 0  # epochs without improvement before stopping; 0 = never stop early
@@ -113,6 +117,10 @@ class TrainConfig:
     channels_last: bool = True  # +9% (baseline) and +26% (augmented) img/s here, see docs
     cache_dir: str | None = None  # data cache (default: cifarlab.data.default_cache_dir())
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.augment == "auto":  # resolved here so config.json names the preset used
+            object.__setattr__(self, "augment", DEFAULT_AUGMENT.get(self.model, "none"))
 
     def validate(self) -> None:
         checks = [

@@ -138,7 +138,6 @@ def run(args: argparse.Namespace) -> int:
         fields: dict[str, Any] = {
             k: getattr(args, k) for k in _CONFIG_OPTIONS if getattr(args, k) is not None
         }
-        fields.setdefault("augment", "keras_aug" if args.model == "augmented_cnn" else "none")
         if args.train_split == "train_full":
             fields["val_split"] = "test"  # nothing is held out; report it honestly as test
         run_dir = args.run_dir or f"runs/{args.name or args.model}"
