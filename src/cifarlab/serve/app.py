@@ -16,6 +16,7 @@ gets a 4xx JSON `{"detail": "..."}` that says what was wrong.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -235,6 +236,10 @@ class Service:
         self.predictor: Predictor | None = None
         self.batcher: MicroBatcher[Prediction] | None = None
         self._decoders: ThreadPoolExecutor | None = None
+        # Every upload is decoded with the same pixel limit.
+        self._load_image: Callable[[bytes], np.ndarray] = functools.partial(
+            load_image, max_pixels=settings.max_pixels
+        )
 
     @property
     def ready(self) -> bool:
@@ -261,13 +266,12 @@ class Service:
                 "onnxruntime": ort.__version__,
             }
         )
-        max_pixels = s.max_pixels
         batcher = MicroBatcher(
             self._run_batch,
             max_batch_size=s.max_batch_size,
             max_wait_ms=s.max_wait_ms,
             on_batch=self.metrics.batch_size.observe,
-            decode=lambda data: load_image(data, max_pixels=max_pixels),
+            decode=self._load_image,
         )
         await batcher.start()
         # A pool of our own: `run_in_executor` costs less per call than anyio's
@@ -313,18 +317,16 @@ class Service:
             ) from None
 
     async def decode(self, data: bytes) -> np.ndarray:
-        max_pixels = self.settings.max_pixels
-        return await self._in_decoder(lambda: load_image(data, max_pixels=max_pixels))
+        return await self._in_decoder(functools.partial(self._load_image, data))
 
     async def decode_all(self, uploads: list[Upload]) -> list[np.ndarray]:
         """Decode several files in one worker-thread hop; errors name the file."""
-        max_pixels = self.settings.max_pixels
 
         def work() -> list[np.ndarray]:
             images = []
             for i, upload in enumerate(uploads, start=1):
                 try:
-                    images.append(load_image(upload.data, max_pixels=max_pixels))
+                    images.append(self._load_image(upload.data))
                 except ImageError as exc:
                     name = f" {upload.filename!r}" if upload.filename else ""
                     raise ImageError(f"file {i}{name}: {exc}", exc.status_code) from None
