@@ -48,6 +48,7 @@ from cifarlab.errors import CifarlabError
 from cifarlab.models import get_model
 from cifarlab.models.fastnet import FastNet
 from cifarlab.train import env_info
+from cifarlab.train import set_seed as train_set_seed
 
 log = logging.getLogger(__name__)
 
@@ -351,8 +352,8 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def set_seed(seed: int) -> torch.Generator:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
+    """Seed Python, numpy and torch like `cifarlab.train`; return the loader's generator."""
+    train_set_seed(seed)
     return torch.Generator().manual_seed(seed)
 
 

@@ -258,14 +258,14 @@ def train_transfer(
     from cifarlab.checkpoint import save_checkpoint
     from cifarlab.models import get_model
     from cifarlab.models.mobilenet import WEIGHTS_SHA256, count_params
-    from cifarlab.train import env_info
+    from cifarlab.train import env_info, set_seed
 
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise TransferError(
             f"epochs and batch size must be >= 1, got {cfg.epochs}, {cfg.batch_size}"
         )
     # Build first: a missing or wrong weights file must fail before any run folder exists.
-    torch.manual_seed(cfg.seed)
+    set_seed(cfg.seed)  # Python, numpy and torch, as `cifarlab train` does
     model = get_model("mobilenet_v2_transfer", pretrained=pretrained, weights=cfg.weights)
     run = Path(cfg.runs_dir) / cfg.name
     run.mkdir(parents=True, exist_ok=True)
