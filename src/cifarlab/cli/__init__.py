@@ -16,12 +16,13 @@ from collections.abc import Sequence
 
 from cifarlab import __version__
 from cifarlab.cli import data_cmds, eval_cmds, fast_cmds, serve_cmds, train_cmds
+from cifarlab.errors import CifarlabError
 
 _AREAS = (data_cmds, train_cmds, eval_cmds, fast_cmds, serve_cmds)
 
 
-class CLIError(Exception):
-    """An error the user can fix; printed without a traceback, exit code 2."""
+class CLIError(CifarlabError):
+    """A problem with the command line the user can fix; printed without a traceback, exit 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         # Library code raises errors whose message says what went wrong and how to fix it;
         # those are expected and printed plainly. Anything else is a bug: show the traceback.
-        if getattr(exc, "user_facing", False) or isinstance(exc, CLIError):
+        if getattr(exc, "user_facing", False):  # CifarlabError, CLIError among them
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -207,7 +207,6 @@ def _read_image(path: Path, max_pixels: int) -> Any:
 
 def _predict(args: argparse.Namespace) -> int:
     import json
-    import sys
 
     import numpy as np
 
