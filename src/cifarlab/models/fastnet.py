@@ -96,9 +96,6 @@ class FastNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head = nn.Linear(self.widths[-1], num_classes, bias=False)
-
     @torch.no_grad()
     def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
         """Set the first layer to whiten 2x2 patches of `images` (normalised, (N, 3, H, W)).
