@@ -155,6 +155,7 @@ def extract_features(
     `session`: a prebuilt `_onnx_feature_session(model)` to reuse across calls."""
     import torch
 
+    from cifarlab.models.mobilenet import FEATURE_DIM
     from cifarlab.preprocess import normalize
 
     if dtype not in ("float32", "bfloat16"):
@@ -169,7 +170,7 @@ def extract_features(
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if session is None:
         model.to(memory_format=fmt)
-    out = np.empty((len(images), 1280), dtype=np.float32)
+    out = np.empty((len(images), FEATURE_DIM), dtype=np.float32)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
@@ -203,12 +204,14 @@ def cached_features(
     """Features of `images` from `folder/<split>.npy`, else `compute(images)`, stored atomically.
 
     Returns (features, seconds the computation took when it was done, as recorded)."""
+    from cifarlab.models.mobilenet import FEATURE_DIM
+
     path = folder / f"{split}.npy"
     info_path = folder / f"{split}.json"
     if path.is_file() and info_path.is_file():
         feats = np.load(path, allow_pickle=False)
         recorded = json.loads(info_path.read_text())
-        if feats.shape == (len(images), 1280) and recorded.get("n") == len(images):
+        if feats.shape == (len(images), FEATURE_DIM) and recorded.get("n") == len(images):
             log.info("features for %s from cache %s", split, path)
             return feats, float(recorded.get("seconds", 0.0))
         log.warning("cached features %s do not match %d images; recomputing", path, len(images))
