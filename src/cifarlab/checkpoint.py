@@ -18,6 +18,7 @@ silently mixed checkpoint. Nothing here unpickles anything.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -57,9 +58,16 @@ def give_default_mode(path: Path | str) -> None:
     `tempfile.mkstemp` creates private 0600 files; files renamed into place from one should
     be readable like any other (e.g. the serving container reads models as a non-root user).
     """
+    os.chmod(path, 0o666 & ~_process_umask())
+
+
+@functools.cache
+def _process_umask() -> int:
+    # Reading the umask means setting it; do that once, not on every write, so other threads
+    # creating files have (at most) one instant in which the umask is 0.
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    return umask
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
