@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from cifarlab.constants import CIFAR_MEAN, CIFAR_STD
 from cifarlab.errors import CifarlabError
 from cifarlab.preprocess import normalize
 from cifarlab.transforms import KerasAugment, get_preset, to_model_input
@@ -25,6 +26,16 @@ def test_to_model_input_equals_numpy_normalize(images: np.ndarray) -> None:
     ours = to_model_input(torch.from_numpy(images)).numpy()
     assert ours.dtype == np.float32 and ours.shape == (8, 3, 32, 32)
     np.testing.assert_array_equal(ours, normalize(images))
+
+
+def test_normalize_is_the_textbook_formula_in_a_contiguous_array(images: np.ndarray) -> None:
+    mean = np.asarray(CIFAR_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(CIFAR_STD, dtype=np.float32).reshape(1, 3, 1, 1)
+    expected = (images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - mean) / std
+    out = normalize(images)
+    np.testing.assert_array_equal(out, expected)
+    assert out.dtype == np.float32 and out.flags["C_CONTIGUOUS"]
+    assert not np.shares_memory(out, images)
 
 
 def test_to_model_input_rejects_float_or_nchw() -> None:
