@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -165,10 +164,12 @@ class Predictor:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.inter_op_num_threads = 1
         opts.intra_op_num_threads = threads
-        if os.environ.get("CIFARLAB_ORT_SPIN", "0") != "1":
-            # Idle ORT worker threads spin by default, burning the core that the event loop
-            # needs to parse the next requests; on a small shared CPU, sleeping is cheaper.
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Worker threads spin while a call runs (waking a sleeping thread for every operator
+        # cost ~1 ms per single-image call here) and stop spinning when it returns: by
+        # default they keep spinning afterwards, burning the core that the event loop needs
+        # to parse the next requests. Measured in docs/serving.md ("ONNX Runtime threads").
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
