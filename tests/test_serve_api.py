@@ -28,7 +28,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cifarlab.constants import CLASSES
-from cifarlab.serve.app import create_app
+from cifarlab.serve.app import BatchResponse, PredictResponse, create_app
 from cifarlab.serve.batching import BatcherClosedError, MicroBatcher
 from cifarlab.serve.imaging import load_image
 from cifarlab.serve.predictor import BUNDLED_MODEL, ModelError, Predictor, softmax
@@ -147,6 +147,8 @@ def test_predict_returns_the_class_confidence_and_all_probabilities(
     assert body["confidence"] == body["probabilities"][body["predicted_class"]]
     assert body["predicted_class"] == "ship"  # the tiny model maps blue to ship
     assert body["filename"] == "blue.png" and body["model"] == "tiny-test"
+    assert r.headers["content-type"] == "application/json"
+    assert PredictResponse.model_validate(body).model_dump() == body  # the documented schema
     # Exactly the library path: decode, normalise, infer, softmax.
     expected = Predictor(tiny_model).predict_arrays(load_image(data)[None])[0]
     assert body["probabilities"] == pytest.approx(expected.probabilities, abs=1e-9)
@@ -163,6 +165,7 @@ def test_predict_batch_keeps_upload_order_and_filenames(client: TestClient) -> N
         "red.png"
     ]
     assert body["results"][-1]["predicted_class"] == "automobile"  # tiny model: red
+    assert BatchResponse.model_validate(body).model_dump() == body
     for i, item in enumerate(body["results"][:5]):
         single = client.post("/predict", files={"file": ("x.png", noise_png(i))}).json()
         assert item["probabilities"] == pytest.approx(single["probabilities"], abs=1e-6)
@@ -210,6 +213,10 @@ def test_docs_and_openapi_describe_the_upload_fields(client: TestClient) -> None
     batch = paths["/predict/batch"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert single["schema"]["required"] == ["file"]
     assert batch["schema"]["properties"]["files"]["type"] == "array"
+    # Answers are serialised by hand (one pass), but /docs still shows their schema.
+    for path, schema in (("/predict", "PredictResponse"), ("/predict/batch", "BatchResponse")):
+        ok = paths[path]["post"]["responses"]["200"]["content"]["application/json"]
+        assert ok["schema"]["$ref"] == f"#/components/schemas/{schema}"
 
 
 def test_unknown_path_is_json_404(client: TestClient) -> None:

@@ -24,11 +24,11 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import HTTPException
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import (
@@ -351,15 +351,27 @@ class Service:
             raise HTTPException(503, "the server is shutting down; retry shortly") from None
 
 
-async def get_service(request: Request) -> Service:
-    # async: FastAPI runs plain `def` dependencies in a worker thread, a hop per request.
+def ready_service(request: Request) -> Service:
+    """The app's service, or 503 while the model is not loaded.
+
+    Called at the top of each endpoint rather than declared as a FastAPI dependency: resolving
+    a dependency cost about 4% of the event loop's time per request under load.
+    """
     service: Service = request.app.state.service
     if not service.ready:
         raise HTTPException(503, "the model is not loaded yet; retry in a moment")
     return service
 
 
-ServiceDep = Annotated[Service, Depends(get_service)]
+def _json(model: BaseModel) -> Response:
+    """Serialise a response model once, in pydantic's Rust core.
+
+    Returning the model itself would make FastAPI validate it again against `response_model`
+    and then serialise it: about 6% of the event loop's time per `/predict` under load. The
+    declared `response_model` still documents the endpoint in /docs.
+    """
+    return Response(model.model_dump_json(), media_type="application/json")
+
 
 # ---- routes ----------------------------------------------------------------------------
 
@@ -378,7 +390,8 @@ async def root(request: Request) -> RootResponse:
     responses={503: _ERRORS[503]},
     summary="Model, runtime and settings; 503 until the model is loaded",
 )
-async def health(service: ServiceDep) -> HealthResponse:
+async def health(request: Request) -> HealthResponse:
+    service = ready_service(request)
     assert service.predictor is not None
     info = service.predictor.info
     s = service.settings
@@ -406,14 +419,14 @@ async def health(service: ServiceDep) -> HealthResponse:
     )
 
 
-def _item(upload: Upload, result: Prediction) -> BatchItem:
+def _item(upload: Upload, result: Prediction) -> dict[str, Any]:
     """One file's answer: the fields /predict and each /predict/batch result share."""
-    return BatchItem(
-        filename=upload.filename or None,
-        predicted_class=result.predicted_class,
-        confidence=result.confidence,
-        probabilities=result.probabilities,
-    )
+    return {
+        "filename": upload.filename or None,
+        "predicted_class": result.predicted_class,
+        "confidence": result.confidence,
+        "probabilities": result.probabilities,
+    }
 
 
 def _latency_ms(start: float) -> float:
@@ -427,17 +440,20 @@ def _latency_ms(start: float) -> float:
     openapi_extra=_upload_body("file", many=False),
     summary="Classify one image (multipart field 'file')",
 )
-async def predict(request: Request, service: ServiceDep) -> PredictResponse:
+async def predict(request: Request) -> Response:
     start = time.perf_counter()
-    assert service.predictor is not None  # ServiceDep checked it is ready
+    service = ready_service(request)
+    assert service.predictor is not None  # ready_service checked it is loaded
     info = service.predictor.info  # the model answering this request, even if shut down later
     (upload,) = await service.uploads(request, "file", max_files=1)
-    item = _item(upload, await service.classify_file(upload.data))
-    return PredictResponse(
-        **item.model_dump(),
-        model=info.name,
-        model_version=info.version,
-        latency_ms=_latency_ms(start),
+    result = await service.classify_file(upload.data)
+    return _json(
+        PredictResponse(
+            **_item(upload, result),
+            model=info.name,
+            model_version=info.version,
+            latency_ms=_latency_ms(start),
+        )
     )
 
 
@@ -448,21 +464,24 @@ async def predict(request: Request, service: ServiceDep) -> PredictResponse:
     openapi_extra=_upload_body("files", many=True),
     summary="Classify 1 to max_batch_files images (multipart field 'files')",
 )
-async def predict_batch(request: Request, service: ServiceDep) -> BatchResponse:
+async def predict_batch(request: Request) -> Response:
     start = time.perf_counter()
-    assert service.predictor is not None  # ServiceDep checked it is ready
+    service = ready_service(request)
+    assert service.predictor is not None  # ready_service checked it is loaded
     info = service.predictor.info
     uploads = await service.uploads(request, "files", max_files=service.settings.max_batch_files)
     images = await service.decode_all(uploads)
     # Submitted together, they reach the worker together and share one ONNX Runtime call
     # (with other requests' images, if any are queued).
     results = await asyncio.gather(*(service.classify(img) for img in images))
-    return BatchResponse(
-        results=[_item(u, r) for u, r in zip(uploads, results, strict=True)],
-        count=len(results),
-        model=info.name,
-        model_version=info.version,
-        latency_ms=_latency_ms(start),
+    return _json(
+        BatchResponse(
+            results=[BatchItem(**_item(u, r)) for u, r in zip(uploads, results, strict=True)],
+            count=len(results),
+            model=info.name,
+            model_version=info.version,
+            latency_ms=_latency_ms(start),
+        )
     )
 
 
