@@ -13,6 +13,10 @@ In one run, with the bundled model (or `--model`), on this machine's cores:
    p99, errors), plus a one-call-per-request service (`--max-batch-size 1`) at 32 for
    comparison with dynamic batching.
 
+Every quantity is measured `--repeats` times (default 5) in interleaved rounds and the medians
+are reported (each round is kept in the JSON): on a shared machine a slow spell then affects the
+floor, the model and the service alike instead of skewing their ratio.
+
 Servers run as uvicorn subprocesses on 127.0.0.1 (loopback only); the load comes from `wrk`
 (Debian package `wrk`) with a Lua script that posts the multipart body. Every run is bounded
 in time. Results go to `reports/bench/serving.json` and the table in `docs/serving.md`
@@ -22,6 +26,7 @@ in time. Results go to `reports/bench/serving.json` and the table in `docs/servi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -29,6 +34,7 @@ import platform
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -179,6 +185,24 @@ def run_wrk(port: int, lua: Path, concurrency: int, seconds: float) -> dict[str,
     }
 
 
+def median(values: list[float]) -> float:
+    return round(float(statistics.median(values)), 3)
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One load result made of the per-field medians of repeated runs (errors: the sum)."""
+    out = dict(runs[0])
+    for key in ("req_per_s", "p50_ms", "p90_ms", "p99_ms", "mean_ms"):
+        out[key] = median([r[key] for r in runs])
+    out["max_ms"] = max(r["max_ms"] for r in runs)
+    out["requests"] = sum(r["requests"] for r in runs)
+    out["seconds"] = round(sum(r["seconds"] for r in runs), 2)
+    out["errors"] = sum(r["errors"] for r in runs)
+    out["error_kinds"] = {k: sum(r["error_kinds"][k] for r in runs) for k in out["error_kinds"]}
+    out["runs"] = len(runs)
+    return out
+
+
 def load(port: int, lua: Path, concurrency: int, seconds: float, warmup: float) -> dict[str, Any]:
     if warmup > 0:
         run_wrk(port, lua, concurrency, warmup)
@@ -253,13 +277,15 @@ def markdown_table(result: dict[str, Any]) -> str:
             f"| `/predict`, one model call per request | {r['concurrency']} | "
             f"{r['req_per_s']:.0f} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |"
         )
-    t = result["targets"]
+    t, settings = result["targets"], result["settings"]
     rows += [
         "",
         f"Model `{model['model']}` (version {model['model_version']}, TTA {model['tta']}); "
         f"{result['hardware']['cores']} cores ({result['hardware']['cpu']}); "
-        f"{result['date']}. At concurrency 32: {t['c32_fraction_of_ceiling']:.0%} of the "
-        f"ceiling (target >= {TARGET_CEILING_FRACTION:.0%}: "
+        f"{result['date']}; medians of {settings.get('repeats', 1)} interleaved rounds of "
+        f"{settings['seconds_per_run']:g} s. At concurrency 32: "
+        f"{t['c32_fraction_of_ceiling']:.0%} of the ceiling "
+        f"(target >= {TARGET_CEILING_FRACTION:.0%}: "
         f"{'met' if t['c32_fraction_met'] else 'missed'}), p99 {t['c32_p99_ms']} ms (target "
         f"<= {TARGET_P99_MS:g}: {'met' if t['c32_p99_met'] else 'missed'}); at concurrency "
         f"1: p50 {t['c1_p50_ms']} ms (target <= {TARGET_P50_C1_MS:g}: "
@@ -296,6 +322,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=BUNDLED_MODEL)
     p.add_argument("--seconds", type=float, default=10.0, help="per measured load run")
+    p.add_argument(
+        "--repeats", type=int, default=5, help="interleaved rounds; the medians are reported"
+    )
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured run before each")
     p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = auto)")
     p.add_argument("--max-wait-ms", type=float, default=None, help="server batching wait")
@@ -307,6 +336,8 @@ def main() -> int:
         "--render", type=Path, default=None, help="only write the docs table from this JSON"
     )
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
     if args.render is not None:
         update_docs(markdown_table(json.loads(args.render.read_text())))
         return 0
@@ -316,29 +347,13 @@ def main() -> int:
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     body = multipart_body(png_32())
-    with tempfile.TemporaryDirectory() as tmpdir:
+    with tempfile.TemporaryDirectory() as tmpdir, contextlib.ExitStack() as servers:
         body_file = Path(tmpdir) / "body.bin"
         body_file.write_bytes(body)
         lua = Path(tmpdir) / "post.lua"
         lua.write_text(LUA % {"boundary": BOUNDARY, "body": body_file})
         floor_py = Path(tmpdir) / "floor_app.py"
 
-        # 1. Framework floor.
-        port = free_port()
-        floor_py.write_text(FLOOR_APP % {"port": port})
-        proc = start_server([sys.executable, str(floor_py)], port, env)
-        try:
-            floor = load(port, lua, 32, args.seconds, args.warmup)
-        finally:
-            stop_server(proc)
-        print("floor", floor, flush=True)
-
-        # 2. The model alone.
-        model = model_alone(args.model, args.threads, args.seconds)
-        print("model alone", model, flush=True)
-        ceiling = 1 / (1 / floor["req_per_s"] + 1 / model["images_per_s"])
-
-        # 3. The service.
         def serve_cmd(port: int, *extra: str) -> list[str]:
             cmd = [sys.executable, "-m", "cifarlab", "serve", "--port", str(port)]
             cmd += ["--model", str(args.model), "--threads", str(args.threads), *extra]
@@ -346,24 +361,45 @@ def main() -> int:
                 cmd += ["--max-wait-ms", str(args.max_wait_ms)]
             return cmd
 
+        def server(cmd: list[str], port: int) -> int:
+            servers.callback(stop_server, start_server(cmd, port, env))
+            return port
+
+        # All servers stay up (idle ones cost nothing) and the measurements are interleaved
+        # round by round, so that a slow spell of a shared machine hits every quantity alike
+        # instead of skewing the ratio between the floor and the service.
+        floor_port = free_port()
+        floor_py.write_text(FLOOR_APP % {"port": floor_port})
+        server([sys.executable, str(floor_py)], floor_port)
         port = free_port()
-        proc = start_server(serve_cmd(port), port, env)
-        predict = []
-        try:
-            for c in args.concurrency:
-                predict.append(load(port, lua, c, args.seconds, args.warmup))
-                print("predict", predict[-1], flush=True)
-        finally:
-            stop_server(proc)
-        naive = None
+        server(serve_cmd(port), port)
+        naive_port = None
         if not args.no_naive:
-            port = free_port()
-            proc = start_server(serve_cmd(port, "--max-batch-size", "1"), port, env)
-            try:
-                naive = load(port, lua, 32, args.seconds, args.warmup)
-                print("naive", naive, flush=True)
-            finally:
-                stop_server(proc)
+            naive_port = free_port()
+            server(serve_cmd(naive_port, "--max-batch-size", "1"), naive_port)
+
+        rounds: list[dict[str, Any]] = []
+        for r in range(args.repeats):
+            one: dict[str, Any] = {"floor": load(floor_port, lua, 32, args.seconds, args.warmup)}
+            one["model_alone"] = model_alone(args.model, args.threads, args.seconds)
+            one["predict"] = [
+                load(port, lua, c, args.seconds, args.warmup) for c in args.concurrency
+            ]
+            if naive_port is not None:
+                one["naive"] = load(naive_port, lua, 32, args.seconds, args.warmup)
+            print(f"round {r + 1}/{args.repeats}", json.dumps(one), flush=True)
+            rounds.append(one)
+
+    floor = median_run([r["floor"] for r in rounds])
+    model = {
+        **rounds[0]["model_alone"],
+        "images_per_s": median([r["model_alone"]["images_per_s"] for r in rounds]),
+        "ms_per_batch": median([r["model_alone"]["ms_per_batch"] for r in rounds]),
+        "batch1_median_ms": median([r["model_alone"]["batch1_median_ms"] for r in rounds]),
+    }
+    ceiling = 1 / (1 / floor["req_per_s"] + 1 / model["images_per_s"])
+    predict = [median_run([r["predict"][i] for r in rounds]) for i in range(len(args.concurrency))]
+    naive = median_run([r["naive"] for r in rounds]) if naive_port is not None else None
 
     by_c = {r["concurrency"]: r for r in predict}
     c32, c1 = by_c.get(32), by_c.get(1)
@@ -386,6 +422,7 @@ def main() -> int:
             "ort_threads": args.threads,
             "max_wait_ms": args.max_wait_ms,
             "seconds_per_run": args.seconds,
+            "repeats": args.repeats,
             "warmup_seconds": args.warmup,
             "wrk_threads": 1,
         },
@@ -395,6 +432,7 @@ def main() -> int:
         "predict": predict,
         "naive": naive,
         "targets": targets,
+        "rounds": rounds,
     }
     write_atomic(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -167,7 +167,7 @@ class Predictor:
         # Worker threads spin while a call runs (waking a sleeping thread for every operator
         # cost ~1 ms per single-image call here) and stop spinning when it returns: by
         # default they keep spinning afterwards, burning the core that the event loop needs
-        # to parse the next requests. Measured in docs/serving.md ("ONNX Runtime threads").
+        # to parse the next requests. Measured in docs/serving.md ("Settings").
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
         opts.add_session_config_entry("session.force_spinning_stop", "1")
         try:
