@@ -38,3 +38,16 @@ def mobilenet_weights() -> Path:
     env = os.environ.get("CIFARLAB_MOBILENET_WEIGHTS")
     path = Path(env) if env else SHARED / "weights" / "mobilenet_v2-b0353104.pth"
     return _need(path, "mobilenet_v2 weights (CIFARLAB_MOBILENET_WEIGHTS)")
+
+
+@pytest.fixture()
+def baseline_checkpoint_meta() -> dict[str, object]:
+    """The least metadata `save_checkpoint` accepts for an untrained `baseline_cnn`."""
+    return {
+        "model": "baseline_cnn",
+        "model_kwargs": {},
+        "classes": [],
+        "epoch": 1,
+        "metrics": {},
+        "config": {},
+    }

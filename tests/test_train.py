@@ -206,18 +206,12 @@ def test_missing_run_folder_is_a_clear_error(tmp_path: Path, tiny: TrainData) ->
 
 
 @pytest.fixture()
-def saved(tmp_path: Path) -> Path:
+def saved(tmp_path: Path, baseline_checkpoint_meta: dict[str, object]) -> Path:
     model = get_model("baseline_cnn")
-    meta = {
-        "model": "baseline_cnn",
-        "model_kwargs": {},
-        "classes": [],
-        "epoch": 1,
-        "metrics": {},
-        "config": {},
-    }
     stem = tmp_path / "run" / "best"
-    save_checkpoint(stem, model, meta, extra_tensors={"optim/0/step": torch.tensor(3.0)})
+    save_checkpoint(
+        stem, model, baseline_checkpoint_meta, extra_tensors={"optim/0/step": torch.tensor(3.0)}
+    )
     return stem
 
 

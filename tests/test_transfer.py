@@ -187,22 +187,16 @@ def test_finetune_starts_from_the_head_run(
     assert json.loads((run / "config.json").read_text())["finetune_from"] == str(head_run)
 
 
-def test_finetune_rejects_a_non_transfer_run(tmp_path: Path) -> None:
+def test_finetune_rejects_a_non_transfer_run(
+    tmp_path: Path, baseline_checkpoint_meta: dict[str, object]
+) -> None:
     from cifarlab.checkpoint import save_checkpoint
     from cifarlab.transfer import TransferError
 
     # A valid checkpoint of another registered model: it loads, so only the guard can object.
     run = tmp_path / "other"
     run.mkdir()
-    meta = {
-        "model": "baseline_cnn",
-        "model_kwargs": {},
-        "classes": [],
-        "epoch": 1,
-        "metrics": {},
-        "config": {},
-    }
-    save_checkpoint(run / "best", get_model("baseline_cnn"), meta)
+    save_checkpoint(run / "best", get_model("baseline_cnn"), baseline_checkpoint_meta)
     with pytest.raises(TransferError, match="holds a 'baseline_cnn' run; pass a mobilenet_v2"):
         finetune(FinetuneConfig(finetune_from=str(run), runs_dir=str(tmp_path)))
 
