@@ -15,16 +15,17 @@ import pytest
 import torch
 
 from cifarlab.checkpoint import (
+    METRICS_HEADER,
     CheckpointError,
     load_checkpoint,
     load_model_from_run,
     save_checkpoint,
+    write_metrics_csv,
 )
 from cifarlab.cli import main
 from cifarlab.errors import CifarlabError
 from cifarlab.models import get_model
 from cifarlab.train import (
-    METRICS_HEADER,
     EvalResult,
     TrainConfig,
     TrainData,
@@ -203,6 +204,18 @@ def test_missing_run_folder_is_a_clear_error(tmp_path: Path, tiny: TrainData) ->
         load_config(missing)
     with pytest.raises(CheckpointError, match=r"last\.json"):
         fit(_cfg(missing), data=tiny, resume=True)
+
+
+def test_metrics_csv_has_one_format_for_every_trainer(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.csv"
+    row = {"epoch": 3.0, "train_loss": 0.123456789, "train_acc": 0.5, "lr": 1e-7, "seconds": 9.876}
+    write_metrics_csv(path, [row, {**row, "epoch": 4, "val_loss": "", "val_acc": None}])
+    lines = path.read_text().splitlines()
+    assert lines[0] == ",".join(METRICS_HEADER)
+    # Integer epoch, 6 significant digits, seconds to 0.01, empty cells for unmeasured values.
+    assert lines[1] == "3,0.123457,0.5,,,1e-07,9.88"
+    assert lines[2] == "4,0.123457,0.5,,,1e-07,9.88"
+    assert not list(tmp_path.glob("*.tmp*"))  # written through a temporary file
 
 
 @pytest.fixture()

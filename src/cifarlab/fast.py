@@ -25,9 +25,7 @@ The test accuracy goes into the checkpoint metadata and `result.json`.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -42,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarlab.checkpoint import atomic_write_text
+from cifarlab.checkpoint import atomic_write_text, write_metrics_csv
 from cifarlab.constants import CIFAR_MEAN_255, CIFAR_STD_255, CLASSES, IMAGE_SIZE
 from cifarlab.errors import CifarlabError
 from cifarlab.models import get_model
@@ -51,8 +49,6 @@ from cifarlab.train import env_info
 from cifarlab.train import set_seed as train_set_seed
 
 log = logging.getLogger(__name__)
-
-METRICS_HEADER = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
 
 class FastConfigError(CifarlabError):
@@ -339,14 +335,6 @@ def _write_json(path: Path, obj: Any) -> None:
     _write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRICS_HEADER, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    _write_text(path, buf.getvalue())
-
-
 # --------------------------------------------------------------------------------------------
 # Training
 
@@ -458,7 +446,7 @@ def train(
             n_epoch / max(seconds, 1e-9),
         )
         if run_dir is not None:
-            _write_metrics(run_dir / "metrics.csv", rows)
+            write_metrics_csv(run_dir / "metrics.csv", rows)
     lookahead.update(model, 1.0)  # finish on the averaged weights
 
     metrics: dict[str, Any] = {

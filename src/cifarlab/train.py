@@ -37,8 +37,6 @@ the checkpointed epoch are stored as well and restored on resume.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import platform
@@ -63,6 +61,7 @@ from cifarlab.checkpoint import (
     load_checkpoint,
     model_state,
     save_checkpoint,
+    write_metrics_csv,
 )
 from cifarlab.constants import CLASSES
 from cifarlab.distributed import DistInfo
@@ -78,7 +77,6 @@ from cifarlab.transforms import (
 
 log = logging.getLogger(__name__)
 
-METRICS_HEADER = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
 MONITORS = ("val_acc", "val_loss")
@@ -512,19 +510,6 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(METRICS_HEADER)
-    for r in rows:
-        w.writerow(
-            [int(r["epoch"])]
-            + [f"{r[k]:.6g}" for k in METRICS_HEADER[1:-1]]
-            + [f"{r['seconds']:.2f}"]
-        )
-    atomic_write_text(path, buf.getvalue())
-
-
 def _improved(value: float, best: float | None, monitor: str) -> bool:
     if best is None:
         return True
@@ -665,7 +650,7 @@ def _fit(
     if not resume and info.is_main:
         _write_json(run_dir / "config.json", asdict(cfg))
         _write_json(run_dir / "env.json", env_info(info))
-        _write_metrics(run_dir / "metrics.csv", [])
+        write_metrics_csv(run_dir / "metrics.csv", [])
     if resume and info.is_main:
         env_path = run_dir / "env.json"
         env = json.loads(env_path.read_text()) if env_path.is_file() else {}
@@ -781,7 +766,7 @@ def _fit(
                 {**meta, "train_state": train_state},
                 extra_tensors={**opt_tensors, **rng_tensors},
             )
-            _write_metrics(run_dir / "metrics.csv", history)
+            write_metrics_csv(run_dir / "metrics.csv", history)
         if stop:
             log.info("early stop: no %s improvement for %d epochs", cfg.monitor, bad_epochs)
             stopped_early = True

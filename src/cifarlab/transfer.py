@@ -20,7 +20,6 @@ few epochs at a small learning rate through the engine's `fit`.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import os
@@ -38,7 +37,6 @@ from cifarlab.errors import CifarlabError
 log = logging.getLogger(__name__)
 
 Split = tuple[np.ndarray, np.ndarray]  # uint8 (N, 32, 32, 3), int64 (N,)
-METRICS_HEADER = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 TIMING_FILE = "timing.json"
 
 
@@ -100,17 +98,6 @@ def _atomic_write(path: Path, text: str) -> None:
     from cifarlab.checkpoint import atomic_write_text  # unique temp name, fsync, rename
 
     atomic_write_text(path, text)
-
-
-def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRICS_HEADER, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(
-            {k: (f"{row[k]:.6g}" if k != "epoch" else int(row[k])) for k in METRICS_HEADER}
-        )
-    _atomic_write(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------- feature cache
@@ -259,7 +246,7 @@ def train_transfer(
     import torch
     from torch.nn import functional as F
 
-    from cifarlab.checkpoint import save_checkpoint
+    from cifarlab.checkpoint import save_checkpoint, write_metrics_csv
     from cifarlab.models import get_model
     from cifarlab.models.mobilenet import WEIGHTS_SHA256, count_params
     from cifarlab.train import env_info, set_seed
@@ -364,7 +351,7 @@ def train_transfer(
             "seconds": time.perf_counter() - t0,
         }
         rows.append(row)
-        _write_metrics(run / "metrics.csv", rows)
+        write_metrics_csv(run / "metrics.csv", rows)
         log.info(
             "epoch %d/%d train %.4f/%.4f val %.4f/%.4f",
             epoch,
