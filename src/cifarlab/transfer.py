@@ -86,7 +86,8 @@ class FinetuneConfig:
     seed: int = 0
     threads: int | None = None
     # channels_last ran MobileNetV2 1.5x faster than contiguous in torch on this CPU
-    # (reports/bench/transfer_features.json); bf16 autocast was 5x slower, so it stays off.
+    # (reports/bench/transfer_features.json); bf16 autocast was 5-11x slower (this CPU has
+    # no native bf16), so it stays off.
     channels_last: bool = True
     progress: bool = True
 
