@@ -165,9 +165,9 @@ class Predictor:
         opts.inter_op_num_threads = 1
         opts.intra_op_num_threads = threads
         # Worker threads spin while a call runs (waking a sleeping thread for every operator
-        # cost ~1 ms per single-image call here) and stop spinning when it returns: by
-        # default they keep spinning afterwards, burning the core that the event loop needs
-        # to parse the next requests. Measured in docs/serving.md ("Settings").
+        # made a single-image call 1.5x slower) and stop spinning when it returns: by default
+        # they keep spinning afterwards, burning the core that the event loop needs to parse
+        # the next requests. Measured by bench/ort_spin.py (reports/bench/ort_spin.json).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
         opts.add_session_config_entry("session.force_spinning_stop", "1")
         try:
