@@ -215,8 +215,8 @@ def onnx_session(model: Any) -> Any:
     Serving runs models through onnxruntime, and it is several times faster than eager torch
     on small CPUs for depthwise-conv nets such as MobileNetV2, so evaluation uses it too.
     This throwaway session uses the TorchScript exporter, not `cifarlab.export`'s
-    torch.export-based one that writes the served file: 0.2 s against 8.5 s for baseline_cnn
-    here, and nothing of it is published."""
+    torch.export-based one that writes the served file: 0.2 s against 8.5 s for baseline_cnn,
+    timed once here; nothing of it is published."""
     import tempfile
     import warnings
 
