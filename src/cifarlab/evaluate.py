@@ -19,7 +19,6 @@ Writes `eval.json` and `confusion_matrix.png` into the run folder. Definitions
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
@@ -33,6 +32,7 @@ import numpy as np
 
 from cifarlab.constants import CLASSES
 from cifarlab.errors import CifarlabError
+from cifarlab.io import save_figure, softmax, write_json_atomic
 from cifarlab.preprocess import normalize
 from cifarlab.runinfo import hardware_line
 
@@ -50,12 +50,6 @@ class EvaluationError(CifarlabError):
 
 
 # ---------------------------------------------------------------- metrics on arrays (numpy)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)  # stable: exp never overflows
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def nll(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -160,11 +154,7 @@ def save_confusion_figure(
             )
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 # ---------------------------------------------------------------- run folder helpers
@@ -200,13 +190,6 @@ def overfitting_gap(
     train, val = row.get("train_acc"), row.get("val_acc")
     gap = train - val if train is not None and val is not None else None
     return gap, train, val
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write `data` as indented JSON via `checkpoint.atomic_write_text` (report.py uses it)."""
-    from cifarlab.checkpoint import atomic_write_text  # unique temp name, fsync, rename
-
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def onnx_session(model: Any) -> Any:

@@ -40,9 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarlab.checkpoint import atomic_write_text, write_metrics_csv
+from cifarlab.checkpoint import write_metrics_csv
 from cifarlab.constants import CIFAR_MEAN_255, CIFAR_STD_255, CLASSES, IMAGE_SIZE
 from cifarlab.errors import CifarlabError
+from cifarlab.io import atomic_write_text
 from cifarlab.models import get_model
 from cifarlab.models.fastnet import FastNet
 from cifarlab.train import env_info

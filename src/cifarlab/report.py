@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from cifarlab.errors import CifarlabError
-from cifarlab.evaluate import CONFUSION_FILE, EVAL_FILE, write_json_atomic
+from cifarlab.evaluate import CONFUSION_FILE, EVAL_FILE
+from cifarlab.io import atomic_write_text, save_figure, write_json_atomic
 from cifarlab.runinfo import git_sha, hardware_line
 
 log = logging.getLogger(__name__)
@@ -139,14 +140,6 @@ def _plt() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
-    plt = _plt()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def plot_curves(name: str, rows: list[dict[str, float]], path: Path) -> Path:
     """Loss and accuracy per epoch, train vs validation."""
     plt = _plt()
@@ -166,7 +159,7 @@ def plot_curves(name: str, rows: list[dict[str, float]], path: Path) -> Path:
             ax.legend()
     fig.suptitle(f"{name}: training curves")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -197,7 +190,7 @@ def plot_comparison(runs: list[dict[str, Any]], path: Path) -> Path:
     ax2.set_ylabel("test accuracy")
     ax2.set_title("Test accuracy (red dashes: seed-study floor)")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -379,7 +372,6 @@ def build_report(
     out_dir: str | os.PathLike[str] = "reports",
 ) -> Path:
     """Write REPORT.md, results.json and figures for `runs` (default: every evaluated run)."""
-    from cifarlab.checkpoint import atomic_write_text
 
     paths = [Path(r) for r in runs] if runs else find_runs(runs_dir)
     if not paths:

@@ -56,7 +56,6 @@ from torch import nn
 from cifarlab import distributed, runinfo
 from cifarlab.checkpoint import (
     CheckpointError,
-    atomic_write_text,
     extra_state,
     load_checkpoint,
     model_state,
@@ -67,6 +66,7 @@ from cifarlab.constants import CLASSES
 from cifarlab.distributed import DistInfo
 from cifarlab.errors import CifarlabError
 from cifarlab.evaluate import CONFUSION_FILE, EVAL_FILE
+from cifarlab.io import atomic_write_text
 from cifarlab.transforms import (
     KerasAugment,
     get_preset,

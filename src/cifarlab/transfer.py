@@ -96,7 +96,7 @@ class FinetuneConfig:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    from cifarlab.checkpoint import atomic_write_text  # unique temp name, fsync, rename
+    from cifarlab.io import atomic_write_text  # unique temp name, fsync, rename
 
     atomic_write_text(path, text)
 
