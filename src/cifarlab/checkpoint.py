@@ -18,11 +18,9 @@ silently mixed checkpoint. Nothing here unpickles anything.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,7 @@ import torch
 from torch import nn
 
 from cifarlab.errors import CifarlabError
-from cifarlab.io import atomic_write_bytes, atomic_write_text, sha256_bytes
+from cifarlab.io import atomic_write_bytes, sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -171,32 +169,3 @@ def load_model_from_run(
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
     tensors, meta = load_checkpoint(run_dir / which)
     return build_model(tensors, meta), meta
-
-
-# ---- metrics.csv -------------------------------------------------------------------------
-
-METRICS_HEADER = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
-
-
-def write_metrics_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """A run folder's `metrics.csv`, one row per epoch, in the format every trainer shares.
-
-    Integer epochs, six significant digits, seconds to 0.01, and an empty cell for what a
-    trainer does not measure (fast-train holds out no validation split). Written atomically.
-    """
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(METRICS_HEADER)
-    for row in rows:
-        writer.writerow([_metrics_cell(key, row.get(key)) for key in METRICS_HEADER])
-    atomic_write_text(path, buf.getvalue())
-
-
-def _metrics_cell(key: str, value: Any) -> str:
-    if value is None or value == "":
-        return ""
-    if key == "epoch":
-        return str(int(value))
-    if key == "seconds":
-        return f"{float(value):.2f}"
-    return f"{float(value):.6g}"

@@ -18,7 +18,6 @@ Writes `eval.json` and `confusion_matrix.png` into the run folder. Definitions
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -35,12 +34,12 @@ from cifarlab.errors import CifarlabError
 from cifarlab.io import save_figure, softmax, write_json_atomic
 from cifarlab.preprocess import normalize
 from cifarlab.runinfo import hardware_line
+from cifarlab.runs import CONFUSION_FILE, EVAL_FILE, METRICS_FILE
+from cifarlab.runs import read_metrics as _read_rows
 
 log = logging.getLogger(__name__)
 
 ECE_BINS = 15
-EVAL_FILE = "eval.json"
-CONFUSION_FILE = "confusion_matrix.png"
 
 Split = tuple[np.ndarray, np.ndarray]  # uint8 (N, 32, 32, 3), int64 (N,)
 
@@ -161,18 +160,14 @@ def save_confusion_figure(
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    """Rows of `metrics.csv` as floats (epoch included)."""
-    path = Path(run_dir) / "metrics.csv"
+    """Rows of `metrics.csv` as floats (epoch included); a clear error when there are none."""
+    path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise EvaluationError(
             f"{path} is missing; is {run_dir} a finished training run? "
             "Train one with `cifarlab train` or `cifarlab transfer`."
         )
-    with open(path, newline="") as fh:
-        rows = [
-            {k: float(v) for k, v in row.items() if v not in ("", None)}
-            for row in csv.DictReader(fh)
-        ]
+    rows = _read_rows(run_dir)
     if not rows:
         raise EvaluationError(f"{path} has no epochs; the run stopped before its first epoch.")
     return rows

@@ -18,7 +18,6 @@ results.json: `{"models": [{"name", "test_accuracy", "test_loss", "overfitting_g
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -28,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from cifarlab.errors import CifarlabError
-from cifarlab.evaluate import CONFUSION_FILE, EVAL_FILE
 from cifarlab.io import atomic_write_text, save_figure, write_json_atomic
 from cifarlab.runinfo import git_sha, hardware_line
+from cifarlab.runs import CONFUSION_FILE, EVAL_FILE, read_metrics, train_seconds
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +66,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _read_metrics(path: Path) -> list[dict[str, float]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return [
-            {k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(fh)
-        ]
-
-
 def _command(env: dict[str, Any]) -> str:
     cmd = env.get("command", "")
     return " ".join(cmd) if isinstance(cmd, list) else str(cmd)
@@ -95,8 +85,6 @@ def _order_key(run: Path) -> tuple[int, str]:
 
 def load_run(run: Path) -> dict[str, Any]:
     """Everything the report needs from one evaluated run folder."""
-    from cifarlab.transfer import train_seconds
-
     if not (run / EVAL_FILE).is_file():
         raise ReportError(f"{run} has no {EVAL_FILE}; run `cifarlab evaluate {run}` first.")
     ev = _read_json(run / EVAL_FILE)
@@ -106,7 +94,7 @@ def load_run(run: Path) -> dict[str, Any]:
         "eval": ev,
         "config": _read_json(run / "config.json"),
         "env": _read_json(run / "env.json"),
-        "metrics": _read_metrics(run / "metrics.csv"),
+        "metrics": read_metrics(run),
         "train_seconds": train_seconds(run),
     }
 
