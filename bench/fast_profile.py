@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from cifarlab import fast
+from cifarlab.engine import autocast
 from cifarlab.models import get_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,13 +63,13 @@ def make_step(cfg: fast.FastConfig, size: int) -> tuple[Any, int]:
         labels,
         cfg.batch_size,
         cfg.translate,
-        torch.Generator().manual_seed(0),
+        0,
         cfg.channels_last,
     )
-    ctx = fast._autocast(cfg)
+    ctx = autocast(cfg.precision == "bf16")
 
     def step() -> None:
-        for x, y in loader.epoch(0, size):
+        for x, y in loader.epoch(1, size):
             with ctx:
                 loss = F.cross_entropy(model(x), y, label_smoothing=0.2)
             opt.zero_grad(set_to_none=True)
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         elif v.endswith("px"):
             size = int(v[:-2])
         elif v == "bf16":
-            vcfg = fast.get_preset(args.preset, batch_size=args.batch_size, bf16=True)
+            vcfg = fast.get_preset(args.preset, batch_size=args.batch_size, precision="bf16")
         elif v != "base":
             raise SystemExit(f"unknown variant {v!r}")
         # bf16 without native support is an order of magnitude slower: time fewer steps.

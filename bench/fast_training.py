@@ -47,12 +47,10 @@ def write_json(path: Path, obj: Any) -> None:
 
 def _same_config(run_dir: Path, preset: str, seed: int, extra: list[str]) -> bool:
     """Whether `run_dir` was trained with exactly today's preset (and overrides) and seed."""
-    import dataclasses
-
     from cifarlab import fast
 
     overrides = {"epochs": float(extra[1])} if extra else {}
-    want = {**dataclasses.asdict(fast.get_preset(preset, **overrides)), "seed": seed}
+    want = fast.get_preset(preset, seed=seed, **overrides).to_config()
     try:
         got = json.loads((run_dir / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
