@@ -354,8 +354,9 @@ class EvalResult:
     loss: float
     acc: float
     n: int
-    logits: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # of level `tta`, with return_logits
     tta_acc: dict[str, float] = field(default_factory=dict)  # accuracy per TTA level
+    tta_logits: dict[str, torch.Tensor] = field(default_factory=dict)  # with return_logits
 
 
 def progress_bar(total: int, desc: str, enabled: bool, unit: str = "img") -> Any:
@@ -503,7 +504,7 @@ def evaluate(
     device = next(model.parameters()).device
     idx_all = torch.arange(info.rank, x.shape[0], info.world_size)
     loss_sum, correct = 0.0, [0.0] * (tta + 1)
-    outs: list[torch.Tensor] = []
+    outs: list[list[torch.Tensor]] = [[] for _ in range(tta + 1)]
     bar = progress_bar(idx_all.numel(), "evaluate", progress and info.is_main)
     for start in range(0, idx_all.numel(), batch_size):
         idx = idx_all[start : start + batch_size]
@@ -515,19 +516,22 @@ def evaluate(
             correct[i] += (logits.argmax(1) == yb).sum().item()
         loss_sum += F.cross_entropy(levels[-1], yb, reduction="sum").item()
         if return_logits:
-            outs.append(levels[-1].cpu())
+            for out, logits in zip(outs, levels, strict=True):
+                out.append(logits.cpu())
         bar.update(len(idx))
     bar.close()
     *sums, n = distributed.all_reduce_sum([loss_sum, *correct, float(idx_all.numel())], info)
     if n == 0:
         raise EngineError("cannot evaluate on an empty set")
     accs = {TTA_LEVELS[i]: c / n for i, c in enumerate(sums[1:])}
+    by_level = {TTA_LEVELS[i]: torch.cat(o) for i, o in enumerate(outs)} if return_logits else {}
     return EvalResult(
         loss=sums[0] / n,
         acc=accs[TTA_LEVELS[tta]],
         n=int(n),
-        logits=torch.cat(outs) if return_logits else None,
+        logits=by_level.get(TTA_LEVELS[tta]),
         tta_acc=accs,
+        tta_logits=by_level,
     )
 
 

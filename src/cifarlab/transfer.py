@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -342,23 +343,14 @@ def finetune(
     kwargs = {"pretrained": False, "trainable_from": cfg.trainable_from}
     model = get_model("mobilenet_v2_finetune", **kwargs)
     model.load_state_dict(head_model.state_dict())
+    # Every setting both recipes have carries over; fine-tuning fixes the optimizer.
+    shared = {f.name for f in fields(StandardRecipe)} & {f.name for f in fields(FinetuneConfig)}
     recipe = StandardRecipe(
         model="mobilenet_v2_finetune",
         model_kwargs=kwargs,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
         optimizer="adamw",
-        weight_decay=cfg.weight_decay,
         schedule="cosine",  # no warm-up: the head is already converged
-        augment=cfg.augment,
-        subset=cfg.subset,
-        seed=cfg.seed,
-        precision=cfg.precision,
-        threads=cfg.threads,
-        progress=cfg.progress,
-        cache_dir=cfg.cache_dir,
-        channels_last=cfg.channels_last,
+        **{name: getattr(cfg, name) for name in shared},
     )
     parent_seconds = train_seconds(parent)
     run_dir = Path(cfg.runs_dir) / cfg.name
