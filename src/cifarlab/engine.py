@@ -73,8 +73,8 @@ def choose_precision(requested: str, cpu_flags: Collection[str]) -> Choice:
     """`fp32` or `bf16` for `--precision requested` on a CPU with `cpu_flags` (pure).
 
     `auto` picks bf16 autocast exactly when the CPU has a native bf16 unit (AVX512-BF16 or
-    AMX-BF16): there it ran the fast94 net 1.7x faster than fp32; without one bf16 is
-    emulated and was 5-15x slower than fp32 (docs/training.md).
+    AMX-BF16); without one bf16 is emulated, an order of magnitude slower than fp32 on the
+    AVX2 CPU of reports/bench/train_speed.json (docs/training.md).
     """
     if requested not in PRECISIONS:
         raise EngineError(f"unknown precision {requested!r}; pick one of {', '.join(PRECISIONS)}")
