@@ -330,8 +330,9 @@ def finetune(
     so the report shows what the fine-tuned model cost in all."""
     from cifarlab.checkpoint import load_model_from_run
     from cifarlab.models import get_model
+    from cifarlab.recipes import StandardRecipe
     from cifarlab.runs import train_seconds
-    from cifarlab.train import StandardRecipe, train
+    from cifarlab.train import train
 
     parent = Path(cfg.finetune_from)
     head_model, parent_meta = load_model_from_run(parent, which="best")

@@ -69,8 +69,8 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from cifarlab.cli import CLIError
     from cifarlab.models import get_model, list_models
-    from cifarlab.recipes import get_recipe
-    from cifarlab.train import SEED_PRESETS, StandardRecipe, train
+    from cifarlab.recipes import SEED_PRESETS, StandardRecipe, get_recipe
+    from cifarlab.train import train
 
     if args.list_models:
         print("\n".join(list_models()))
