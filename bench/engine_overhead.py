@@ -3,7 +3,8 @@
     flock /tmp/cifarlab-cpu.lock .venv/bin/python bench/engine_overhead.py --rounds 3
 
 Checks the pre-refactor commit (`--before`, default 03cb540, the last commit with the
-separate fast-train loop) out into a temporary git worktree and trains the `fast94` and
+separate fast-train loop) and the engine commit (`--after`, default HEAD) out into temporary
+git worktrees and trains the `fast94` and
 `quick` presets for `--steps` optimizer steps at full resolution with both code versions, in
 fresh processes, interleaved round by round (the order alternates), same precision, same
 threads, same synthetic data. Each process trains two epochs of `--steps` steps and reports
@@ -81,6 +82,7 @@ def git(*args: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", default="03cb540", help="pre-engine commit")
+    ap.add_argument("--after", default="HEAD", help="engine commit")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--presets", default="fast94,quick")
     ap.add_argument("--steps", default="fast94=6,quick=16", help="optimizer steps per preset")
@@ -91,13 +93,14 @@ def main() -> None:
     steps = {k: int(v) for k, v in (kv.split("=") for kv in args.steps.split(","))}
     presets = args.presets.split(",")
     before = git("rev-parse", args.before)
-    after = git("rev-parse", "HEAD")
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    with tempfile.TemporaryDirectory(prefix="cifarlab-before-") as tmp:
-        old = Path(tmp) / "before"
-        git("worktree", "add", "--detach", str(old), before)
+    after = git("rev-parse", args.after)
+    # Both versions are checked out from commits, so edits to this tree cannot leak in.
+    with tempfile.TemporaryDirectory(prefix="cifarlab-overhead-") as tmp:
+        trees = {"before": Path(tmp) / "before", "after": Path(tmp) / "after"}
+        for name, commit in (("before", before), ("after", after)):
+            git("worktree", "add", "--detach", str(trees[name]), commit)
         try:
-            versions = {"before": old / "src", "after": ROOT / "src"}
+            versions = {name: tree / "src" for name, tree in trees.items()}
             rounds = []
             for r in range(args.rounds):
                 order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
@@ -108,7 +111,8 @@ def main() -> None:
                         print(f"round {r} {p} {v}: {row[p][v]['images_per_second']} img/s")
                 rounds.append({"order": order, **row})
         finally:
-            git("worktree", "remove", "--force", str(old))
+            for tree in trees.values():
+                git("worktree", "remove", "--force", str(tree))
     summary = {}
     for p in presets:
         ratios = [
@@ -125,7 +129,6 @@ def main() -> None:
         "what": "fast-recipe training images/s, engine (after) vs separate loop (before)",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "git_commit": after,
-        "git_dirty": dirty,
         "before_commit": before,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "hardware": runinfo.hardware(),
