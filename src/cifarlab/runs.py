@@ -145,10 +145,16 @@ class RunDir:
     def log_scalars(self, row: Mapping[str, Any], purge_step: int | None = None) -> None:
         """The epoch's numbers as TensorBoard scalars (`train/loss`, `val/acc`, `lr`...)."""
         if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # metrics.csv still has every number
+                log.warning("no TensorBoard events: `pip install tensorboard` to get them")
+                self._writer = False
+                return
             # purge_step: a resumed run drops events of epochs it is about to redo.
             self._writer = SummaryWriter(log_dir=str(self.path), purge_step=purge_step)
+        if self._writer is False:
+            return
         epoch = int(row["epoch"])
         for key, value in row.items():
             if key == "epoch" or value is None or value == "":
@@ -158,9 +164,9 @@ class RunDir:
         self._writer.flush()
 
     def close(self) -> None:
-        if self._writer is not None:
+        if self._writer:
             self._writer.close()
-            self._writer = None
+        self._writer = None
 
     def write_json(self, name: str, data: Any) -> None:
         write_json_atomic(self.file(name), data)
