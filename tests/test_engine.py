@@ -380,3 +380,24 @@ def test_serving_commands_still_import_no_torch() -> None:
     code += "print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_only_the_engine_calls_backward_to_train() -> None:
+    import ast
+
+    callers = set()
+    for path in sorted((SRC / "cifarlab").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "backward":
+                    callers.add(f"{path.stem}.{fn.name}")
+    # FLOP counting and temperature fitting (a closure inside fit_temperature) aside.
+    assert callers == {
+        "engine.train_one_epoch",
+        "fast.flops_per_image",
+        "evaluate.fit_temperature",
+        "evaluate.closure",
+    }
