@@ -74,6 +74,8 @@ def test_threads_split_the_usable_cpus_over_local_processes() -> None:
     assert choose_threads(None, 8, 1).value == 8
     assert choose_threads(0, 8, 2).value == 4
     assert choose_threads(None, 1, 4).value == 1
+    assert choose_threads(None, 8, 1, omp="3").value == 3
+    assert choose_threads(2, 8, 1, omp="3").value == 2
     requested = choose_threads(3, 8, 2)
     assert requested.value == 3 and "requested" in requested.reason
     with pytest.raises(EngineError):

@@ -89,13 +89,17 @@ def choose_precision(requested: str, cpu_flags: Collection[str]) -> Choice:
     return Choice("fp32", "auto: the CPU has no native bf16 (no avx512_bf16 or amx_bf16 flag)")
 
 
-def choose_threads(requested: int | None, usable_cpus: int, local_processes: int = 1) -> Choice:
-    """Torch intra-op threads (pure): as requested, else the usable CPUs split over the
-    processes of this machine (torchrun), at least 1."""
+def choose_threads(
+    requested: int | None, usable_cpus: int, local_processes: int = 1, omp: str | None = None
+) -> Choice:
+    """Torch intra-op threads (pure): as requested, else `$OMP_NUM_THREADS` (`omp`), else the
+    usable CPUs split over the processes of this machine (torchrun), at least 1."""
     if requested is not None and requested < 0:
         raise EngineError(f"threads must be >= 0 (0 = automatic), got {requested}")
     if requested:
         return Choice(requested, "requested with --threads")
+    if omp and omp.strip().isdigit() and int(omp) > 0:
+        return Choice(int(omp), "from $OMP_NUM_THREADS")
     n = max(1, usable_cpus // max(1, local_processes))
     return Choice(n, f"auto: {usable_cpus} usable CPUs / {local_processes} process(es)")
 
@@ -161,7 +165,9 @@ def runtime(precision: str, threads: int | None, progress: bool = True) -> Itera
         local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
         rt = Runtime(
             precision=choose_precision(precision, cpu_flags()),
-            threads=choose_threads(threads, usable_cpus(), local),
+            threads=choose_threads(
+                threads, usable_cpus(), local, os.environ.get("OMP_NUM_THREADS")
+            ),
             dist=info,
             progress=progress,
         )
