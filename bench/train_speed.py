@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cifarlab.engine import prepare_batch
 from cifarlab.models import get_model
 from cifarlab.runinfo import cpu_name
-from cifarlab.train import prepare_batch
 from cifarlab.transforms import get_preset
 
 

@@ -16,7 +16,9 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from cifarlab.train import TrainConfig, TrainData, fit
+from cifarlab.engine import FitResult
+from cifarlab.recipes import StandardRecipe
+from cifarlab.train import TrainData, train
 
 WORLD = 2
 
@@ -28,11 +30,15 @@ def _data() -> TrainData:
     return TrainData(x[:64], y[:64], x[64:], y[64:])
 
 
-def _cfg(run_dir: Path) -> TrainConfig:
+def fit(cfg: tuple[StandardRecipe, Path], data: TrainData) -> FitResult:
+    return train(cfg[0], cfg[1], data=data)
+
+
+def _cfg(run_dir: Path) -> tuple[StandardRecipe, Path]:
     # Dropout off: each process draws its own masks, so only a deterministic forward can
     # match one process bit for bit. The augmentation stays on: its parameters are drawn for
     # the global batch. fp32 (bf16 off) and SGD keep the comparison tight.
-    return TrainConfig(
+    recipe = StandardRecipe(
         model="baseline_cnn",
         model_kwargs={"drop_conv": 0.0, "drop_fc": 0.0},
         augment="keras_aug",
@@ -40,11 +46,11 @@ def _cfg(run_dir: Path) -> TrainConfig:
         lr=0.05,
         epochs=2,
         batch_size=16,
-        run_dir=str(run_dir),
         progress=False,
         threads=1,
-        bf16=False,
+        precision="fp32",
     )
+    return recipe, run_dir
 
 
 def _worker(rank: int, port: int, out: str) -> None:
@@ -73,11 +79,13 @@ def test_two_gloo_ranks_match_one_process_at_the_same_global_batch(tmp_path: Pat
     for k in ranks[0]:
         assert torch.equal(ranks[0][k], ranks[1][k]), f"ranks disagree on {k}"
 
-    single = fit(replace(_cfg(tmp_path / "single")), data=_data()).model.state_dict()
+    single = fit(_cfg(tmp_path / "single"), data=_data()).model.state_dict()
     for k, v in single.items():
         torch.testing.assert_close(ranks[0][k], v, atol=1e-5, rtol=1e-4, msg=k)
     # Training moved the weights, so the equality above is not trivially true.
-    init = fit(replace(_cfg(tmp_path / "init"), epochs=1), data=_data()).model.state_dict()
+    init = fit(
+        (replace(_cfg(tmp_path / "init")[0], epochs=1), tmp_path / "init"), data=_data()
+    ).model.state_dict()
     assert any(not torch.equal(init[k], v) for k, v in single.items())
 
     # Only rank 0 wrote the run folder, with the full-set metrics of both ranks' shards.

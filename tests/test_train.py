@@ -1,4 +1,4 @@
-"""The training engine end to end on tiny synthetic data: run folder, resume, bad input.
+"""The standard recipe through the engine on tiny synthetic data: run folder, resume, bad input.
 
 .venv/bin/pytest tests/test_train.py
 """
@@ -15,25 +15,18 @@ import pytest
 import torch
 
 from cifarlab.checkpoint import (
-    METRICS_HEADER,
     CheckpointError,
     load_checkpoint,
     load_model_from_run,
     save_checkpoint,
-    write_metrics_csv,
 )
 from cifarlab.cli import main
+from cifarlab.engine import EvalResult, FitResult, evaluate
 from cifarlab.errors import CifarlabError
 from cifarlab.models import get_model
-from cifarlab.train import (
-    EvalResult,
-    TrainConfig,
-    TrainData,
-    TrainError,
-    evaluate,
-    fit,
-    load_config,
-)
+from cifarlab.recipes import StandardRecipe, load_recipe
+from cifarlab.runs import METRICS_HEADER, RunError, write_metrics_csv
+from cifarlab.train import TrainData, train
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +39,28 @@ def tiny() -> TrainData:
     return TrainData(x[:128], y[:128], x[128:], y[128:])
 
 
-def _cfg(run_dir: Path, **kw: object) -> TrainConfig:
+def _cfg(run_dir: Path, **kw: object) -> tuple[StandardRecipe, Path]:
     base = {
         "model": "augmented_cnn",
         "augment": "keras_aug",
         "epochs": 2,
         "batch_size": 32,
         "lr": 3e-3,
-        "run_dir": str(run_dir),
         "progress": False,
         "threads": 1,
+        "precision": "fp32",
     }
-    return TrainConfig(**{**base, **kw})  # type: ignore[arg-type]
+    return StandardRecipe(**{**base, **kw}), run_dir  # type: ignore[arg-type]
+
+
+def fit(cfg: tuple[StandardRecipe, Path], **kw: object) -> FitResult:
+    return train(cfg[0], cfg[1], **kw)  # type: ignore[arg-type]
+
+
+def load_config(run: Path) -> tuple[StandardRecipe, Path]:
+    recipe = load_recipe(run)
+    assert isinstance(recipe, StandardRecipe)
+    return recipe, run
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -72,8 +75,10 @@ def test_fit_writes_complete_run_folder(tmp_path: Path, tiny: TrainData) -> None
     for name in ("config.json", "env.json", "metrics.csv", "best.json", "best.safetensors"):
         assert (run / name).is_file(), name
     assert load_config(run) == cfg
+    assert json.loads((run / "config.json").read_text())["recipe"] == "standard"
     env = json.loads((run / "env.json").read_text())
-    assert {"torch", "cpu", "git_sha", "command", "start_time"} <= env.keys()
+    assert {"torch", "cpu", "git_sha", "command", "start_time", "precision"} <= env.keys()
+    assert env["precision"]["chosen"] == "fp32" and "requested" in env["precision"]["reason"]
     rows = _read_csv(run / "metrics.csv")
     assert tuple(rows[0].keys()) == METRICS_HEADER
     assert [int(r["epoch"]) for r in rows] == [1, 2]
@@ -128,7 +133,7 @@ def test_early_stopping_stops_after_patience_and_stays_stopped(
 ) -> None:
     # A frozen validation score never improves after epoch 1.
     monkeypatch.setattr(
-        "cifarlab.train.evaluate", lambda *a, **k: EvalResult(loss=1.0, acc=0.5, n=32)
+        "cifarlab.engine.evaluate", lambda *a, **k: EvalResult(loss=1.0, acc=0.5, n=32)
     )
     cfg = _cfg(tmp_path / "run", epochs=5, patience=2, model="baseline_cnn", augment="none")
     result = fit(cfg, data=tiny)
@@ -147,8 +152,8 @@ def test_fit_accepts_preloaded_features_and_a_prebuilt_model(tmp_path: Path) -> 
     feats[np.arange(96), y] += 3.0
     head = torch.nn.Linear(16, 10)
     data = TrainData(feats[:64], y[:64], feats[64:], y[64:])
-    cfg = _cfg(tmp_path / "head", model="baseline_cnn", augment="none", epochs=8, lr=0.05)
-    cfg = replace(cfg, batch_size=16, schedule="constant")
+    recipe, run = _cfg(tmp_path / "head", model="baseline_cnn", augment="none", epochs=8, lr=0.05)
+    cfg = (replace(recipe, batch_size=16, schedule="constant"), run)
     result = fit(cfg, data=data, model=head)
     assert result.model is head
     assert result.history[-1]["val_acc"] > 0.5
@@ -159,7 +164,7 @@ def test_existing_run_folder_is_not_overwritten_by_accident(
 ) -> None:
     cfg = _cfg(tmp_path / "run", epochs=1, model="baseline_cnn", augment="none")
     fit(cfg, data=tiny)
-    with pytest.raises(TrainError, match="--resume"):
+    with pytest.raises(RunError, match="--resume"):
         fit(cfg, data=tiny)
     (tmp_path / "run" / "eval.json").write_text("{}")  # an evaluation of the old weights
     fit(cfg, data=tiny, overwrite=True)
@@ -200,9 +205,12 @@ def test_missing_run_folder_is_a_clear_error(tmp_path: Path, tiny: TrainData) ->
     missing = tmp_path / "nope"
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model_from_run(missing)
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(RunError, match="does not exist"):
         load_config(missing)
-    with pytest.raises(CheckpointError, match=r"last\.json"):
+    with pytest.raises(RunError, match="does not exist"):
+        fit(_cfg(missing), data=tiny, resume=True)
+    missing.mkdir()
+    with pytest.raises(RunError, match=r"last\.json"):
         fit(_cfg(missing), data=tiny, resume=True)
 
 
@@ -297,7 +305,7 @@ def test_cli_train_smoke_on_real_data(
     args += ["--batch-size", "64", "--run-dir", str(run), "--cache-dir", str(cache)]
     assert main([*args, "--no-progress", "--threads", "1"]) == 0
     assert "best epoch 1" in capsys.readouterr().out
-    cfg = load_config(run)
+    cfg, _ = load_config(run)
     assert cfg.subset == 256 and cfg.augment == "none"
     assert asdict(cfg)["model"] == "baseline_cnn"
     _, meta = load_checkpoint(run / "last")
@@ -305,6 +313,6 @@ def test_cli_train_smoke_on_real_data(
 
 
 def test_config_defaults_to_each_models_own_augmentation() -> None:
-    assert TrainConfig(model="augmented_cnn").augment == "keras_aug"
-    assert TrainConfig(model="baseline_cnn").augment == "none"
-    assert TrainConfig(model="augmented_cnn", augment="none").augment == "none"
+    assert StandardRecipe(model="augmented_cnn").augment == "keras_aug"
+    assert StandardRecipe(model="baseline_cnn").augment == "none"
+    assert StandardRecipe(model="augmented_cnn", augment="none").augment == "none"

@@ -20,12 +20,12 @@ from cifarlab.models.mobilenet import (
     load_imagenet_state_dict,
     weights_filename,
 )
+from cifarlab.runs import train_seconds
 from cifarlab.transfer import (
     FinetuneConfig,
     TransferConfig,
     feature_dir,
     finetune,
-    train_seconds,
     train_transfer,
 )
 

@@ -18,15 +18,9 @@ silently mixed checkpoint. Nothing here unpickles anything.
 
 from __future__ import annotations
 
-import csv
-import functools
-import hashlib
-import io
 import json
 import logging
-import os
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +28,7 @@ import torch
 from torch import nn
 
 from cifarlab.errors import CifarlabError
+from cifarlab.io import atomic_write_bytes, sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -52,53 +47,6 @@ def _paths(stem: Path | str) -> tuple[Path, Path]:
     if stem.suffix in (".json", ".safetensors"):
         stem = stem.with_suffix("")
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
-
-
-def give_default_mode(path: Path | str) -> None:
-    """Give `path` the mode `open()` would have created it with (0666 minus the umask).
-
-    `tempfile.mkstemp` creates private 0600 files; files renamed into place from one should
-    be readable like any other (e.g. the serving container reads models as a non-root user).
-    """
-    os.chmod(path, 0o666 & ~_process_umask())
-
-
-@functools.cache
-def _process_umask() -> int:
-    # Reading the umask means setting it; do that once, not on every write, so other threads
-    # creating files have (at most) one instant in which the umask is 0.
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        give_default_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file and a rename (used for run-folder files)."""
-    _atomic_write_bytes(Path(path), text.encode("utf-8"))
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write `data` as indented JSON (with a final newline) via `atomic_write_text`."""
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def save_checkpoint(
@@ -126,14 +74,14 @@ def save_checkpoint(
     for k, v in (extra_tensors or {}).items():
         tensors[EXTRA_PREFIX + k] = v.detach().cpu().contiguous().clone()
     blob = save(tensors)
-    full_meta = {"format": FORMAT, **meta, "weights_sha256": _sha256(blob)}
+    full_meta = {"format": FORMAT, **meta, "weights_sha256": sha256_bytes(blob)}
     try:
         text = json.dumps(full_meta, indent=2, sort_keys=False, allow_nan=True)
     except TypeError as exc:
         raise ValueError(f"checkpoint metadata is not JSON-serialisable: {exc}") from exc
     weights_path, meta_path = _paths(stem)
-    _atomic_write_bytes(weights_path, blob)
-    _atomic_write_bytes(meta_path, text.encode("utf-8"))
+    atomic_write_bytes(weights_path, blob)
+    atomic_write_bytes(meta_path, text.encode("utf-8"))
     log.debug("saved checkpoint %s (%d tensors)", weights_path, len(tensors))
 
 
@@ -166,7 +114,7 @@ def load_checkpoint(stem: Path | str) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(f"checkpoint metadata {meta_path} lacks {missing}; retrain")
     blob = weights_path.read_bytes()
     want = meta.get("weights_sha256")
-    if want and _sha256(blob) != want:
+    if want and sha256_bytes(blob) != want:
         raise CheckpointError(
             f"{weights_path} does not match the sha256 recorded in {meta_path}: the weights "
             "are corrupt, truncated or from another run; retrain or use the other checkpoint"
@@ -221,32 +169,3 @@ def load_model_from_run(
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
     tensors, meta = load_checkpoint(run_dir / which)
     return build_model(tensors, meta), meta
-
-
-# ---- metrics.csv -------------------------------------------------------------------------
-
-METRICS_HEADER = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
-
-
-def write_metrics_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """A run folder's `metrics.csv`, one row per epoch, in the format every trainer shares.
-
-    Integer epochs, six significant digits, seconds to 0.01, and an empty cell for what a
-    trainer does not measure (fast-train holds out no validation split). Written atomically.
-    """
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(METRICS_HEADER)
-    for row in rows:
-        writer.writerow([_metrics_cell(key, row.get(key)) for key in METRICS_HEADER])
-    atomic_write_text(path, buf.getvalue())
-
-
-def _metrics_cell(key: str, value: Any) -> str:
-    if value is None or value == "":
-        return ""
-    if key == "epoch":
-        return str(int(value))
-    if key == "seconds":
-        return f"{float(value):.2f}"
-    return f"{float(value):.6g}"

@@ -40,6 +40,7 @@ import numpy as np
 
 from cifarlab.constants import CLASSES, IMAGE_SIZE, NUM_CLASSES
 from cifarlab.errors import CifarlabError
+from cifarlab.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +125,6 @@ def dataset_dir(cache_dir: StrPath | None = None) -> Path:
 
 # --------------------------------------------------------------------------------------------
 # Hashing and parsing
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def parse_records(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:

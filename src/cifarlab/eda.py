@@ -13,10 +13,7 @@ are exact and the channel figure shows the same numbers as the JSON.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ import numpy as np
 from cifarlab import __version__
 from cifarlab.constants import CLASSES, NUM_CLASSES
 from cifarlab.data import StrPath, load_split
+from cifarlab.io import save_figure, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -79,22 +77,6 @@ def channel_stats(images: np.ndarray) -> dict[str, Any]:
 # Figures
 
 
-def _save_figure(fig: Any, path: Path) -> None:
-    """Render to a temp file beside `path`, then rename, so a crash leaves no half PNG."""
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100, metadata={"Software": None})
-        os.chmod(tmp, 0o644)  # mkstemp files are private; figures are for everyone
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-
-
 def plot_samples(
     images: np.ndarray, labels: np.ndarray, path: Path, per_class: int = SAMPLES_PER_CLASS
 ) -> Path:
@@ -117,7 +99,7 @@ def plot_samples(
         axes[c, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=12)
     fig.suptitle(f"CIFAR-10 training images: first {per_class} of each class", fontsize=14, y=0.995)
     fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.97), h_pad=0.2, w_pad=0.2)
-    _save_figure(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -149,7 +131,7 @@ def plot_class_distribution(counts: Mapping[str, Mapping[str, int]], path: Path)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -186,25 +168,12 @@ def plot_channels(hist: np.ndarray, path: Path, title_images: int) -> Path:
         fontsize=14,
     )
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
     return path
 
 
 # --------------------------------------------------------------------------------------------
 # Entry point
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def run(
@@ -259,5 +228,5 @@ def run(
         "figures": [p.relative_to(out).as_posix() for p in written],
     }
     json_path = out / "eda.json"
-    _write_json(json_path, payload)
+    write_json_atomic(json_path, payload)
     return [*written, json_path]

@@ -18,8 +18,6 @@ Writes `eval.json` and `confusion_matrix.png` into the run folder. Definitions
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 import os
@@ -33,14 +31,15 @@ import numpy as np
 
 from cifarlab.constants import CLASSES
 from cifarlab.errors import CifarlabError
+from cifarlab.io import save_figure, softmax, write_json_atomic
 from cifarlab.preprocess import normalize
 from cifarlab.runinfo import hardware_line
+from cifarlab.runs import CONFUSION_FILE, EVAL_FILE, METRICS_FILE
+from cifarlab.runs import read_metrics as _read_rows
 
 log = logging.getLogger(__name__)
 
 ECE_BINS = 15
-EVAL_FILE = "eval.json"
-CONFUSION_FILE = "confusion_matrix.png"
 
 Split = tuple[np.ndarray, np.ndarray]  # uint8 (N, 32, 32, 3), int64 (N,)
 
@@ -50,12 +49,6 @@ class EvaluationError(CifarlabError):
 
 
 # ---------------------------------------------------------------- metrics on arrays (numpy)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)  # stable: exp never overflows
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def nll(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -160,29 +153,21 @@ def save_confusion_figure(
             )
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 # ---------------------------------------------------------------- run folder helpers
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    """Rows of `metrics.csv` as floats (epoch included)."""
-    path = Path(run_dir) / "metrics.csv"
+    """Rows of `metrics.csv` as floats (epoch included); a clear error when there are none."""
+    path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise EvaluationError(
             f"{path} is missing; is {run_dir} a finished training run? "
             "Train one with `cifarlab train` or `cifarlab transfer`."
         )
-    with open(path, newline="") as fh:
-        rows = [
-            {k: float(v) for k, v in row.items() if v not in ("", None)}
-            for row in csv.DictReader(fh)
-        ]
+    rows = _read_rows(run_dir)
     if not rows:
         raise EvaluationError(f"{path} has no epochs; the run stopped before its first epoch.")
     return rows
@@ -200,13 +185,6 @@ def overfitting_gap(
     train, val = row.get("train_acc"), row.get("val_acc")
     gap = train - val if train is not None and val is not None else None
     return gap, train, val
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write `data` as indented JSON via `checkpoint.atomic_write_text` (report.py uses it)."""
-    from cifarlab.checkpoint import atomic_write_text  # unique temp name, fsync, rename
-
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def onnx_session(model: Any) -> Any:

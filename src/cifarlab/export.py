@@ -36,9 +36,9 @@ import torch
 from torch import nn
 
 from cifarlab import __version__
-from cifarlab.checkpoint import give_default_mode, write_json_atomic
 from cifarlab.constants import CIFAR_MEAN, CIFAR_STD, CLASSES, IMAGE_SIZE
 from cifarlab.errors import CifarlabError
+from cifarlab.io import give_default_mode, write_json_atomic
 from cifarlab.serve.predictor import INPUT_NAME, ModelInfo, Predictor, file_sha256, preprocess
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,7 @@
-"""Fast from-scratch training on CPU: the `fast94` and `quick` presets.
+"""The fast recipe: from-scratch training on CPU with the `fast94` and `quick` presets.
 
     cifarlab fast-train --preset quick --seed 0
+    cifarlab fast-train --resume runs/quick-s0
 
 A recipe in the spirit of the public speed-run literature (David Page's "How to train your
 ResNet", Keller Jordan's airbench, tysam-code's hlb-cifar10), written for a small CPU:
@@ -20,19 +21,18 @@ ResNet", Keller Jordan's airbench, tysam-code's hlb-cifar10), written for a smal
 Speed-run practice trains on all 50,000 official training images and reports the official
 test set; we do the same, hold out nothing, and leave the val columns of `metrics.csv` empty.
 The test accuracy goes into the checkpoint metadata and `result.json`.
+
+Everything above is data and hooks for the one engine (`cifarlab.engine.fit`): the loader is a
+`BatchSource`, the schedule, lookahead and whitening-bias freeze are `Hook`s, the
+low-resolution phase is the loader's size per epoch, and the loss is a summed cross-entropy.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
 import logging
 import math
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -40,125 +40,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarlab.checkpoint import atomic_write_text, write_metrics_csv
+from cifarlab import engine
 from cifarlab.constants import CIFAR_MEAN_255, CIFAR_STD_255, CLASSES, IMAGE_SIZE
-from cifarlab.errors import CifarlabError
+from cifarlab.engine import Hook, TrainPlan, derive_seed
+from cifarlab.io import StrPath
 from cifarlab.models import get_model
 from cifarlab.models.fastnet import FastNet
 from cifarlab.muon import Muon
-from cifarlab.train import env_info
-from cifarlab.train import set_seed as train_set_seed
+from cifarlab.recipes import PRESETS, FastConfig, FastConfigError, get_preset
+from cifarlab.runs import RESULT_FILE, RunDir
 
 log = logging.getLogger(__name__)
 
-
-class FastConfigError(CifarlabError):
-    """A preset name or override that does not make sense."""
-
-
-@dataclass(frozen=True)
-class FastConfig:
-    """One fast-training recipe. Learning rate and weight decay are per 1024 examples."""
-
-    name: str
-    epochs: float  # total, may be fractional (the last epoch is cut short)
-    low_res: int = 24  # crop side during the cheap early phase
-    low_res_epochs: int = 0  # how many leading epochs use `low_res` crops
-    batch_size: int = 1024
-    lr: float = 11.5  # per 1024 examples, decoupled from momentum (see `_optimizer`)
-    momentum: float = 0.85
-    weight_decay: float = 0.0153  # per 1024 examples
-    bias_scaler: float = 64.0  # BatchNorm biases learn this much faster than weights
-    label_smoothing: float = 0.2
-    lr_start: float = 0.2  # schedule multipliers: start -> 1 at `lr_peak` -> `lr_end`
-    lr_peak: float = 0.23  # fraction of all steps
-    lr_end: float = 0.07
-    whiten_bias_epochs: int = 3  # the whitening bias trains this long, then freezes
-    lookahead_every: int = 5  # steps between lookahead pulls; 0 turns lookahead off
-    # "sgd": Nesterov SGD for everything (lr, momentum, weight_decay above). "muon":
-    # orthogonalised updates (`cifarlab.muon`) for the conv filters, Nesterov SGD with
-    # momentum 0.85 for biases and head at `bias_lr`/`head_lr` (summed loss, so per-example
-    # gradients add up) and decoupled decay `decay_per_example` x batch per step.
-    optimizer: str = "sgd"
-    muon_lr: float = 0.24  # filter step in units of the (fixed) filter norm
-    muon_momentum: float = 0.6
-    ns_steps: int = 3  # Newton-Schulz iterations per orthogonalisation
-    bias_lr: float = 0.053
-    head_lr: float = 0.67
-    decay_per_example: float = 2e-6
-    head_unit_init: bool = False  # head weights rescaled to std 1 (pair with logit_scale 1/256)
-    translate: int = 2  # pixels of random translation (reflect padding)
-    widths: tuple[int, int, int] = (64, 256, 256)
-    bn_momentum: float = 0.6  # fraction of the running statistics kept per step
-    logit_scale: float = 1 / 9
-    tta_level: int = 2  # 0 none, 1 flip, 2 flip + 1-pixel translates
-    whiten_samples: int = 5000  # images used to estimate the patch covariance
-    bf16: bool = False  # bf16 autocast; only pays on CPUs with native bf16 (AVX-512 BF16/AMX)
-    channels_last: bool = True
-    threads: int = 0  # 0: all visible cores
-    eval_batch_size: int = 2000
-
-    def validate(self) -> None:
-        if self.epochs <= 0 or self.batch_size < 1:
-            raise FastConfigError(f"preset {self.name!r}: epochs and batch_size must be > 0")
-        if not 8 <= self.low_res <= IMAGE_SIZE:
-            raise FastConfigError(f"preset {self.name!r}: low_res must be in 8..{IMAGE_SIZE}")
-        if self.tta_level not in (0, 1, 2):
-            raise FastConfigError(f"preset {self.name!r}: tta_level must be 0, 1 or 2")
-        if not 0 < self.lr_peak < 1:
-            raise FastConfigError(f"preset {self.name!r}: lr_peak must be between 0 and 1")
-        if self.optimizer not in ("sgd", "muon"):
-            raise FastConfigError(
-                f"preset {self.name!r}: optimizer must be 'sgd' or 'muon', got {self.optimizer!r}"
-            )
-
-    def model_kwargs(self) -> dict[str, Any]:
-        return {
-            "widths": list(self.widths),
-            "bn_momentum": self.bn_momentum,
-            "logit_scale": self.logit_scale,
-        }
-
-
-PRESETS: dict[str, FastConfig] = {
-    # The yardstick of issue 10, not a recipe to beat others with: airbench94 as published
-    # (the defaults of FastConfig are its hyperparameters), 9.9 epochs at 32 px, its TTA.
-    # `bench/fast_training.py` times its step on the machine at hand.
-    "airbench94": FastConfig(name="airbench94", epochs=9.9, low_res_epochs=0),
-    # Target: mean >= 94.0% test accuracy with TTA. The airbench94-sized net; 4 of 11 epochs
-    # on 24x24 crops cost about 0.55 of a full epoch each, so the whole run spends fewer
-    # FLOPs than the 9.9 full-resolution epochs of the published recipe.
-    "fast94": FastConfig(name="fast94", epochs=11.0, low_res_epochs=4),
-    # Target: >= 90% quickly. A quarter-width net (about 0.2 GFLOP per training image
-    # instead of 0.7) with more, smaller steps: at this accuracy a small net is cheaper.
-    "quick": FastConfig(
-        name="quick",
-        epochs=5.0,
-        low_res_epochs=2,
-        widths=(32, 128, 128),
-        batch_size=512,
-        whiten_bias_epochs=2,
-    ),
-    # Measured on a 2-core AVX2 machine: mean 89.70% over 3 seeds, just short of the bar; the
-    # first fix to try is one more cheap 24px epoch (epochs=6, low_res_epochs=3), unmeasured.
-}
-
-
-def get_preset(name: str, **overrides: Any) -> FastConfig:
-    """The named preset with `overrides` applied (unknown names list the known ones)."""
-    try:
-        cfg = PRESETS[name]
-    except KeyError:
-        raise FastConfigError(
-            f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}"
-        ) from None
-    fields = {f.name for f in dataclasses.fields(FastConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise FastConfigError(f"unknown fast-training settings {unknown}; known: {sorted(fields)}")
-    cfg = dataclasses.replace(cfg, **overrides)
-    cfg.validate()
-    return cfg
+__all__ = ["PRESETS", "FastConfig", "FastConfigError", "get_preset", "train"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,8 +72,10 @@ class GpuStyleLoader:
         labels: np.ndarray,
         batch_size: int,
         translate: int,
-        generator: torch.Generator,
+        seed: int,
         channels_last: bool = True,
+        low_res: int = IMAGE_SIZE,
+        low_res_epochs: int = 0,
     ) -> None:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
             raise ValueError(f"expected uint8 (N, 32, 32, 3) images, got {images.shape}")
@@ -202,9 +98,11 @@ class GpuStyleLoader:
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.batch_size = batch_size
         self.translate = translate
-        self.generator = generator
+        self.seed = seed
         self.channels_last = channels_last
-        self.flip_base = torch.rand(len(images), generator=generator) < 0.5
+        self.low_res, self.low_res_epochs = low_res, low_res_epochs
+        flip_gen = torch.Generator().manual_seed(derive_seed(seed, "flip"))
+        self.flip_base = torch.rand(len(images), generator=flip_gen) < 0.5
         self.mean = torch.tensor(CIFAR_MEAN_255).view(1, 3, 1, 1)
         self.inv_std = 1.0 / torch.tensor(CIFAR_STD_255).view(1, 3, 1, 1)
 
@@ -212,12 +110,21 @@ class GpuStyleLoader:
     def steps_per_epoch(self) -> int:
         return len(self.labels) // self.batch_size  # drop the ragged last batch
 
-    def epoch(self, epoch: int, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def size(self, epoch: int) -> int:
+        """Crop side in `epoch` (1-based): `low_res` for the first `low_res_epochs`."""
+        return self.low_res if epoch <= self.low_res_epochs else IMAGE_SIZE
+
+    def epoch(
+        self, epoch: int, size: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of `epoch` (1-based); its randomness derives from `(seed, epoch)` alone,
+        so a resumed run draws exactly what an uninterrupted one does."""
+        size = size or self.size(epoch)
         n = len(self.labels)
-        g = self.generator
+        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, "crops"))
         order = torch.randperm(n, generator=g)
-        # Alternating flips: a fixed random half in even epochs, the other half in odd ones.
-        flip = self.flip_base ^ bool(epoch % 2)
+        # Alternating flips: a fixed random half in odd epochs, the other half in even ones.
+        flip = self.flip_base ^ bool((epoch - 1) % 2)
         span = IMAGE_SIZE + 2 * self.translate - size  # possible offsets per axis
         oy = torch.randint(0, span + 1, (n,), generator=g)
         ox = torch.randint(0, span + 1, (n,), generator=g)
@@ -256,22 +163,21 @@ def lr_schedule(total_steps: int, start: float, peak: float, end: float) -> np.n
     return np.interp(np.arange(total_steps + 1), xp, [start, 1.0, end])
 
 
-def _optimizers(model: FastNet, cfg: FastConfig) -> list[torch.optim.Optimizer]:
-    """The optimisers of `cfg.optimizer`; each group's `base_lr` is scaled by the schedule."""
-    if cfg.optimizer == "muon":
-        return _muon_optimizers(model, cfg)
-    return [_sgd_optimizer(model, cfg)]
+def _optimizer(model: FastNet, cfg: FastConfig) -> torch.optim.Optimizer:
+    """The optimiser of `cfg.optimizer`; the schedule scales each group's `base_lr`."""
+    return _muon_optimizer(model, cfg) if cfg.optimizer == "muon" else _sgd_optimizer(model, cfg)
 
 
-def _muon_optimizers(model: FastNet, cfg: FastConfig) -> list[torch.optim.Optimizer]:
+def _muon_optimizer(model: FastNet, cfg: FastConfig) -> Muon:
     named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
     filters = [p for _, p in named if p.ndim == 4]
-    biases = [p for k, p in named if p.ndim == 1]  # whitening and BatchNorm biases
+    biases = [p for _, p in named if p.ndim == 1]  # whitening and BatchNorm biases
     head = [p for k, p in named if k.startswith("head.")]
     if len(filters) + len(biases) + len(head) != len(named):
         raise RuntimeError("fastnet has parameters the muon recipe does not place")
     wd = cfg.decay_per_example * cfg.batch_size  # decay per step, taken as lr x (wd / lr)
     sgd = {"orthogonal": False, "momentum": 0.85}
+    # The filters first: metrics.csv reports the lr of group 0.
     groups = [
         {"params": filters, "lr": cfg.muon_lr, "momentum": cfg.muon_momentum},
         {"params": biases, "lr": cfg.bias_lr, "weight_decay": wd / cfg.bias_lr, **sgd},
@@ -280,7 +186,7 @@ def _muon_optimizers(model: FastNet, cfg: FastConfig) -> list[torch.optim.Optimi
     opt = Muon(groups, lr=cfg.muon_lr, ns_steps=cfg.ns_steps)
     for group in opt.param_groups:
         group["base_lr"] = group["lr"]
-    return [opt]
+    return opt
 
 
 def _sgd_optimizer(model: FastNet, cfg: FastConfig) -> torch.optim.SGD:
@@ -295,72 +201,74 @@ def _sgd_optimizer(model: FastNet, cfg: FastConfig) -> torch.optim.SGD:
     others = [p for k, p in named if ".norm" not in k]
     # weight_decay is divided by lr so that the decay per step (lr * wd) is the same
     # decoupled amount in both groups and follows the schedule.
+    # The main group first: metrics.csv reports the lr of group 0.
     groups = [
-        {"params": norm_biases, "lr": lr_bias, "weight_decay": wd / lr_bias, "base_lr": lr_bias},
         {"params": others, "lr": lr, "weight_decay": wd / lr, "base_lr": lr},
+        {"params": norm_biases, "lr": lr_bias, "weight_decay": wd / lr_bias, "base_lr": lr_bias},
     ]
     return torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=True)
 
 
-class Lookahead:
-    """Slow weights pulled towards the fast ones; the fast ones then restart from them."""
+class StepSchedule(Hook):
+    """Sets every group's lr to its `base_lr` times the multiplier of the coming step."""
 
-    def __init__(self, model: nn.Module) -> None:
+    name = "lr_schedule"
+
+    def __init__(self, optimizer: torch.optim.Optimizer, multipliers: np.ndarray) -> None:
+        self.optimizer, self.multipliers = optimizer, multipliers
+
+    def before_step(self, step: int) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * self.multipliers[step]
+
+
+class Lookahead(Hook):
+    """Slow weights pulled towards the fast ones every `every` steps by `alpha[step]`; the fast
+    ones then restart from them. Training ends on the slow (averaged) weights."""
+
+    name = "lookahead"
+
+    def __init__(self, model: nn.Module, every: int, alpha: np.ndarray) -> None:
+        self.model, self.every, self.alpha = model, every, alpha
         self.slow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     @torch.no_grad()
-    def update(self, model: nn.Module, decay: float) -> None:
-        for k, v in model.state_dict().items():
+    def update(self, decay: float) -> None:
+        for k, v in self.model.state_dict().items():
             if v.is_floating_point():
                 self.slow[k].lerp_(v, 1.0 - decay)
                 v.copy_(self.slow[k])
 
+    def after_step(self, steps_done: int) -> None:
+        if steps_done % self.every == 0:
+            self.update(float(self.alpha[steps_done]))
 
-def _autocast(cfg: FastConfig) -> contextlib.AbstractContextManager[Any]:
-    if cfg.bf16:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    def on_train_end(self) -> None:
+        self.update(1.0)  # finish on the averaged weights
 
+    def state(self) -> tuple[dict[str, torch.Tensor], Any]:
+        return dict(self.slow), None
 
-# --------------------------------------------------------------------------------------------
-# Evaluation with test-time augmentation
-
-
-@torch.inference_mode()
-def predict_logits(
-    model: nn.Module, images: np.ndarray, cfg: FastConfig
-) -> dict[str, torch.Tensor]:
-    """Logits without TTA (`none`), with flip TTA (`flip`) and, at level 2, `translate`."""
-    model.eval()
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    out: dict[str, list[torch.Tensor]] = {"none": [], "flip": [], "translate": []}
-    for i in range(0, len(images), cfg.eval_batch_size):
-        x = to_input(images[i : i + cfg.eval_batch_size], cfg.channels_last)
-        with _autocast(cfg):
-            plain = model(x).float()
-            if cfg.tta_level == 0:
-                out["none"].append(plain)
-                continue
-            flip = 0.5 * (plain + model(x.flip(3)).float())
-            out["none"].append(plain)
-            out["flip"].append(flip)
-            if cfg.tta_level == 2:
-                # Shift by one pixel up-left and down-right (reflect-padded), each with flips.
-                p = F.pad(x, (1, 1, 1, 1), mode="reflect")
-                shifted = []
-                for s in (p[:, :, :-2, :-2], p[:, :, 2:, 2:]):
-                    s = s.contiguous(memory_format=fmt)
-                    shifted.append(0.5 * (model(s) + model(s.flip(3))).float())
-                out["translate"].append(0.5 * flip + 0.25 * (shifted[0] + shifted[1]))
-    return {k: torch.cat(v) for k, v in out.items() if v}
+    def load_state(self, tensors: Mapping[str, torch.Tensor], saved: Any) -> None:
+        for k, v in tensors.items():
+            self.slow[k].copy_(v)
 
 
-def accuracy(logits: torch.Tensor, labels: np.ndarray) -> float:
-    return float((logits.argmax(1) == torch.from_numpy(np.asarray(labels))).float().mean())
+class WhitenBiasFreeze(Hook):
+    """The whitening layer's bias trains for the first `epochs` epochs, then freezes."""
+
+    name = "whiten_bias"
+
+    def __init__(self, model: FastNet, epochs: int) -> None:
+        self.bias, self.epochs = model.whiten.bias, epochs
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if self.bias is not None:
+            self.bias.requires_grad_(epoch <= self.epochs)
 
 
 # --------------------------------------------------------------------------------------------
-# FLOPs and run metadata
+# FLOPs, training, results
 
 
 def flops_per_image(cfg: FastConfig, size: int = IMAGE_SIZE) -> float:
@@ -375,159 +283,151 @@ def flops_per_image(cfg: FastConfig, size: int = IMAGE_SIZE) -> float:
     return counter.get_total_flops() / 2
 
 
-def _write_text(path: Path, text: str) -> None:
-    atomic_write_text(path, text)  # unique temp name, fsync, rename
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-# --------------------------------------------------------------------------------------------
-# Training
-
-
-def set_seed(seed: int) -> torch.Generator:
-    """Seed Python, numpy and torch like `cifarlab.train`; return the loader's generator."""
-    train_set_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def train(
-    cfg: FastConfig,
-    train_data: tuple[np.ndarray, np.ndarray],
-    test_data: tuple[np.ndarray, np.ndarray] | None = None,
-    run_dir: Path | None = None,
-    seed: int = 0,
-    command: str | None = None,
-) -> dict[str, Any]:
-    """Train `cfg` on `train_data`, evaluate on `test_data`, fill `run_dir` if given.
-
-    Returns the result dict also written to `run_dir/result.json`. `wall_seconds` covers model
-    build, whitening, training and the final evaluation (data already in memory).
-    """
-    cfg.validate()
-    t_start = time.perf_counter()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    generator = set_seed(seed)
+def plan(cfg: FastConfig, train_data: tuple[np.ndarray, np.ndarray]) -> TrainPlan:
+    """The engine plan of a fast recipe (model whitened from the data, loader, hooks)."""
     images, labels = train_data
-    env = env_info()
-    if command:
-        env["command"] = command
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / "config.json", {**dataclasses.asdict(cfg), "seed": seed})
-        _write_json(run_dir / "env.json", env)
-
     model = get_model("fastnet", **cfg.model_kwargs())
     assert isinstance(model, FastNet)
     model.init_whitening(to_input(images[: cfg.whiten_samples], channels_last=False))
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader = GpuStyleLoader(
-        images, labels, cfg.batch_size, cfg.translate, generator, cfg.channels_last
+        images,
+        labels,
+        cfg.batch_size,
+        cfg.translate,
+        cfg.seed,
+        cfg.channels_last,
+        low_res=cfg.low_res,
+        low_res_epochs=cfg.low_res_epochs,
     )
     if cfg.head_unit_init:
         with torch.no_grad():
             model.head.weight.div_(model.head.weight.std())
-    optimizers = _optimizers(model, cfg)
-    # metrics.csv reports the lr of the conv filters (SGD: the last group; muon: the first).
-    main_group = optimizers[0].param_groups[-1 if cfg.optimizer == "sgd" else 0]
+    optimizer = _optimizer(model, cfg)
     total_steps = math.ceil(loader.steps_per_epoch * cfg.epochs)
-    schedule = lr_schedule(total_steps, cfg.lr_start, cfg.lr_peak, cfg.lr_end)
     # The lookahead pull starts negligible and grows cubically to 0.95**5 per pull.
     alpha = 0.95**cfg.lookahead_every * (np.arange(total_steps + 1) / total_steps) ** 3
-    lookahead = Lookahead(model)
-
-    rows: list[dict[str, Any]] = []
-    step = 0
-    n_seen = 0
-    train_seconds = 0.0
-    flops = {s: flops_per_image(cfg, s) for s in {cfg.low_res, IMAGE_SIZE}}
-    total_flops = 0.0
-    for epoch in range(math.ceil(cfg.epochs)):
-        size = cfg.low_res if epoch < cfg.low_res_epochs else IMAGE_SIZE
-        t_epoch = time.perf_counter()
-        model.train()
-        loss_sum = torch.zeros(())
-        correct = torch.zeros((), dtype=torch.int64)
-        n_epoch = 0
-        for x, y in loader.epoch(epoch, size):
-            if step >= total_steps:
-                break
-            for opt in optimizers:
-                for group in opt.param_groups:
-                    group["lr"] = group["base_lr"] * schedule[step]
-            with _autocast(cfg):
-                logits = model(x)
-                loss = F.cross_entropy(
-                    logits, y, label_smoothing=cfg.label_smoothing, reduction="none"
-                )
-            model.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            for opt in optimizers:
-                opt.step()
-            step += 1
-            if cfg.lookahead_every and step % cfg.lookahead_every == 0:
-                lookahead.update(model, float(alpha[step]))
-            with torch.no_grad():
-                loss_sum += loss.detach().float().sum()
-                correct += (logits.detach().argmax(1) == y).sum()
-            n_epoch += len(y)
-        if epoch + 1 == cfg.whiten_bias_epochs and model.whiten.bias is not None:
-            model.whiten.bias.requires_grad_(False)
-        seconds = time.perf_counter() - t_epoch
-        train_seconds += seconds
-        n_seen += n_epoch
-        total_flops += n_epoch * flops[size]
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": round(float(loss_sum) / max(n_epoch, 1), 5),
-            "train_acc": round(float(correct) / max(n_epoch, 1), 5),
-            "val_loss": "",
-            "val_acc": "",
-            "lr": float(schedule[min(step, total_steps)]) * main_group["base_lr"],
-            "seconds": round(seconds, 2),
-        }
-        rows.append(row)
-        log.info(
-            "epoch %d size %d loss %.4f acc %.4f %.1fs (%.0f img/s)",
-            epoch + 1,
-            size,
-            row["train_loss"],
-            row["train_acc"],
-            seconds,
-            n_epoch / max(seconds, 1e-9),
-        )
-        if run_dir is not None:
-            write_metrics_csv(run_dir / "metrics.csv", rows)
+    hooks: list[Hook] = [
+        StepSchedule(optimizer, lr_schedule(total_steps, cfg.lr_start, cfg.lr_peak, cfg.lr_end)),
+        WhitenBiasFreeze(model, cfg.whiten_bias_epochs),
+    ]
     if cfg.lookahead_every:
-        lookahead.update(model, 1.0)  # finish on the averaged weights
+        hooks.append(Lookahead(model, cfg.lookahead_every, alpha))
+    return TrainPlan(
+        model=model,
+        optimizer=optimizer,
+        # Summed, not averaged: `lr` and `weight_decay` are per 1024 examples (`_optimizer`).
+        criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum"),
+        train=loader,
+        epochs=math.ceil(cfg.epochs),
+        max_steps=total_steps,
+        meta={
+            "model": "fastnet",
+            "model_kwargs": cfg.model_kwargs(),
+            "classes": list(CLASSES),
+            "config": cfg.to_config(),
+            # The reported accuracy uses TTA; exporters should wrap the same augmentation.
+            "tta_level": cfg.tta_level,
+            "split": {"train": "train_full (50,000)", "eval": "test (10,000)"},
+        },
+        hooks=hooks,
+        eval_batch_size=cfg.eval_batch_size,
+        channels_last=cfg.channels_last,
+    )
 
-    metrics: dict[str, Any] = {
-        "train_loss": rows[-1]["train_loss"],
-        "train_acc": rows[-1]["train_acc"],
-    }
-    t_eval = time.perf_counter()
-    if test_data is not None:
-        logits = predict_logits(model, test_data[0], cfg)
-        metrics["test_acc_no_tta"] = accuracy(logits["none"], test_data[1])
-        if "flip" in logits:
-            metrics["test_acc_flip"] = accuracy(logits["flip"], test_data[1])
-        if "translate" in logits:
-            metrics["test_acc_translate"] = accuracy(logits["translate"], test_data[1])
-    eval_seconds = time.perf_counter() - t_eval
-    wall = time.perf_counter() - t_start
-    # The preset's TTA level is what the benchmark reports; `test_acc` in the checkpoint is
-    # the flip-TTA number, which `cifarlab export --tta` reproduces in the ONNX graph.
+
+def accuracy(logits: torch.Tensor, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == torch.from_numpy(np.asarray(labels))).float().mean())
+
+
+def train(
+    cfg: FastConfig,
+    train_data: tuple[np.ndarray, np.ndarray],
+    test_data: tuple[np.ndarray, np.ndarray] | None = None,
+    run_dir: StrPath | None = None,
+    *,
+    resume: bool = False,
+    stop_after_epoch: int | None = None,
+) -> dict[str, Any]:
+    """Train `cfg` on `train_data`, evaluate on `test_data` with TTA, fill `run_dir` if given.
+
+    Returns the result dict also written to `run_dir/result.json` (empty when
+    `stop_after_epoch` ended the call before the last epoch). `wall_seconds` covers model
+    build, whitening, training and the final evaluation (data already in memory).
+    """
+    cfg.validate()
+    t_start = time.perf_counter()
+    with engine.runtime(cfg.precision, cfg.threads, cfg.progress) as rt:
+        run = RunDir(run_dir) if run_dir is not None else None
+        engine.set_seed(cfg.seed)
+        p = plan(cfg, train_data)
+        if run is not None:
+            # Reruns of a preset replace the old run folder (the benchmark's habit).
+            engine.open_run(run, cfg.to_config(), rt, resume, overwrite=True)
+        fitted = engine.fit(
+            p, run, rt, seed=cfg.seed, resume=resume, stop_after_epoch=stop_after_epoch
+        )
+        if len(fitted.history) < p.epochs:
+            return {}
+        t_eval = time.perf_counter()
+        metrics: dict[str, Any] = {
+            "train_loss": fitted.history[-1]["train_loss"],
+            "train_acc": fitted.history[-1]["train_acc"],
+        }
+        if test_data is not None:
+            ev = engine.evaluate(
+                p.model,
+                *test_data,
+                batch_size=cfg.eval_batch_size,
+                bf16=rt.bf16,
+                channels_last=cfg.channels_last,
+                tta=cfg.tta_level,
+                progress=cfg.progress,
+            )
+            names = {
+                "none": "test_acc_no_tta",
+                "flip": "test_acc_flip",
+                "translate": "test_acc_translate",
+            }
+            metrics.update({names[k]: v for k, v in ev.tta_acc.items()})
+            # `test_acc` in the checkpoint is the flip-TTA number, which `cifarlab export
+            # --tta` reproduces in the ONNX graph.
+            metrics["test_acc"] = metrics.get("test_acc_flip", metrics["test_acc_no_tta"])
+        eval_seconds = time.perf_counter() - t_eval
+        result = _result(cfg, fitted, metrics, p, time.perf_counter() - t_start, eval_seconds)
+        result["threads"] = torch.get_num_threads()
+        result["precision"] = rt.precision.value
+        if run is not None:
+            # No held-out set picks a "best" epoch: best is the final weights, now with the
+            # test metrics.
+            run.save("best", p.model, {**p.meta, "epoch": len(fitted.history), "metrics": metrics})
+            run.write_json(RESULT_FILE, result)
+        return result
+
+
+def _result(
+    cfg: FastConfig,
+    fitted: engine.FitResult,
+    metrics: dict[str, Any],
+    p: TrainPlan,
+    wall: float,
+    eval_seconds: float,
+) -> dict[str, Any]:
+    steps_per_epoch = p.train.steps_per_epoch
+    total_steps = p.max_steps or steps_per_epoch * p.epochs
+    sizes = [IMAGE_SIZE if e > cfg.low_res_epochs else cfg.low_res for e in range(1, p.epochs + 1)]
+    flops = {s: flops_per_image(cfg, s) for s in set(sizes)}
+    total_flops = 0.0
+    for e, size in enumerate(sizes):
+        steps = min(steps_per_epoch, total_steps - e * steps_per_epoch)
+        total_flops += steps * cfg.batch_size * flops[size]
+    n_seen = total_steps * cfg.batch_size
+    train_seconds = fitted.train_seconds
     tta_key = {0: "test_acc_no_tta", 1: "test_acc_flip", 2: "test_acc_translate"}[cfg.tta_level]
-    if test_data is not None:
-        metrics["test_acc"] = metrics.get("test_acc_flip", metrics["test_acc_no_tta"])
-
-    result = {
+    return {
         "preset": cfg.name,
-        "seed": seed,
+        "seed": cfg.seed,
         "test_accuracy": metrics.get(tta_key),
         "test_accuracy_no_tta": metrics.get("test_acc_no_tta"),
         "test_accuracy_flip_tta": metrics.get("test_acc_flip"),
@@ -541,28 +441,4 @@ def train(
         "train_gflop": round(total_flops / 1e9, 1),
         "gflops_per_second": round(total_flops / 1e9 / max(train_seconds, 1e-9), 1),
         "flops_per_image": {str(k): v for k, v in sorted(flops.items())},
-        "threads": torch.get_num_threads(),
     }
-    if run_dir is not None:
-        meta = {
-            "model": "fastnet",
-            "model_kwargs": cfg.model_kwargs(),
-            "classes": list(CLASSES),
-            "epoch": len(rows),
-            "metrics": metrics,
-            "config": {**dataclasses.asdict(cfg), "seed": seed},
-            "trainer": "cifarlab.fast",
-            "command": env["command"],
-            "date": env["start_time"],
-            # The reported accuracy uses TTA; exporters should wrap the same augmentation.
-            "tta_level": cfg.tta_level,
-            "split": {"train": "train_full (50,000)", "eval": "test (10,000)"},
-        }
-        from cifarlab.checkpoint import save_checkpoint
-
-        model = model.to(memory_format=torch.contiguous_format)
-        # No held-out set to pick a "best" epoch by: both checkpoints are the final weights.
-        save_checkpoint(run_dir / "last", model, meta)
-        save_checkpoint(run_dir / "best", model, meta)
-        _write_json(run_dir / "result.json", result)
-    return result

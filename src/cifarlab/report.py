@@ -18,7 +18,6 @@ results.json: `{"models": [{"name", "test_accuracy", "test_loss", "overfitting_g
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -28,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from cifarlab.errors import CifarlabError
-from cifarlab.evaluate import CONFUSION_FILE, EVAL_FILE, write_json_atomic
+from cifarlab.io import atomic_write_text, save_figure, write_json_atomic
 from cifarlab.runinfo import git_sha, hardware_line
+from cifarlab.runs import CONFUSION_FILE, EVAL_FILE, read_metrics, train_seconds
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +66,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _read_metrics(path: Path) -> list[dict[str, float]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return [
-            {k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(fh)
-        ]
-
-
 def _command(env: dict[str, Any]) -> str:
     cmd = env.get("command", "")
     return " ".join(cmd) if isinstance(cmd, list) else str(cmd)
@@ -94,8 +85,6 @@ def _order_key(run: Path) -> tuple[int, str]:
 
 def load_run(run: Path) -> dict[str, Any]:
     """Everything the report needs from one evaluated run folder."""
-    from cifarlab.transfer import train_seconds
-
     if not (run / EVAL_FILE).is_file():
         raise ReportError(f"{run} has no {EVAL_FILE}; run `cifarlab evaluate {run}` first.")
     ev = _read_json(run / EVAL_FILE)
@@ -105,7 +94,7 @@ def load_run(run: Path) -> dict[str, Any]:
         "eval": ev,
         "config": _read_json(run / "config.json"),
         "env": _read_json(run / "env.json"),
-        "metrics": _read_metrics(run / "metrics.csv"),
+        "metrics": read_metrics(run),
         "train_seconds": train_seconds(run),
     }
 
@@ -139,14 +128,6 @@ def _plt() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
-    plt = _plt()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def plot_curves(name: str, rows: list[dict[str, float]], path: Path) -> Path:
     """Loss and accuracy per epoch, train vs validation."""
     plt = _plt()
@@ -166,7 +147,7 @@ def plot_curves(name: str, rows: list[dict[str, float]], path: Path) -> Path:
             ax.legend()
     fig.suptitle(f"{name}: training curves")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -197,7 +178,7 @@ def plot_comparison(runs: list[dict[str, Any]], path: Path) -> Path:
     ax2.set_ylabel("test accuracy")
     ax2.set_title("Test accuracy (red dashes: seed-study floor)")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -379,7 +360,6 @@ def build_report(
     out_dir: str | os.PathLike[str] = "reports",
 ) -> Path:
     """Write REPORT.md, results.json and figures for `runs` (default: every evaluated run)."""
-    from cifarlab.checkpoint import atomic_write_text
 
     paths = [Path(r) for r in runs] if runs else find_runs(runs_dir)
     if not paths:

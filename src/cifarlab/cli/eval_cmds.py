@@ -14,58 +14,28 @@ folder; `report` collects every evaluated run into `reports/`.
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from typing import Any
+
+from cifarlab.cli.flags import add_recipe_flags, overrides
 
 
 def register(sub: Any) -> None:
+    from cifarlab.recipes import FinetuneConfig, TransferConfig
+
     t = sub.add_parser(
         "transfer",
         help="train the MobileNetV2 transfer head on cached features (or fine-tune a run)",
         description=(
             "Head training on cached frozen-backbone features; with --finetune-from, "
-            "end-to-end fine-tuning of a finished transfer run."
+            "end-to-end fine-tuning of a finished transfer run (same as `cifarlab finetune`)."
         ),
     )
-    t.add_argument("--weights", help="ImageNet mobilenet_v2 .pth (default: env or hub cache)")
-    t.add_argument("--name", help="run folder name under --runs-dir")
-    t.add_argument("--runs-dir", default="runs")
-    t.add_argument("--cache-dir", help="data cache folder (default: CIFARLAB_CACHE or user cache)")
-    t.add_argument("--epochs", type=int, help="head epochs (default 30)")
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--label-smoothing", type=float)
-    t.add_argument(
-        "--flip",
-        action=argparse.BooleanOptionalAction,
-        help="cache mirrored training features too (default on)",
-    )
-    t.add_argument(
-        "--feature-backend",
-        choices=("onnxruntime", "torch"),
-        help=(
-            "engine for the one-off backbone pass (default onnxruntime: 4.2x faster than "
-            "torch on a 2-core CPU, reports/bench/transfer_features.json)"
-        ),
-    )
-    t.add_argument("--feature-dtype", choices=("float32", "bfloat16"), help="torch backend only")
-    t.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        help="torch backend: channels_last memory format for extraction (default off)",
-    )
-    t.add_argument("--seed", type=int)
-    t.add_argument("--finetune-from", metavar="RUN", help="fine-tune this transfer run instead")
+    add_recipe_flags(t, TransferConfig)
+    # `transfer --finetune-from RUN` is kept as an alias of `cifarlab finetune`: the fields
+    # only fine-tuning has, and --finetune-epochs for its epochs.
+    add_recipe_flags(t, FinetuneConfig, skip=tuple(f.name for f in fields(TransferConfig)))
     t.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default 1)")
-    t.add_argument("--augment", help="fine-tuning augmentation preset (default none)")
-    t.add_argument("--subset", type=int, help="fine-tune on the first N training images")
-    t.add_argument(
-        "--trainable-from",
-        type=int,
-        help="fine-tune backbone blocks from this index on (0 = all of features[0..18])",
-    )
-    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=run_transfer)
 
     e = sub.add_parser(
@@ -97,49 +67,17 @@ def register(sub: Any) -> None:
 
 
 def run_transfer(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from cifarlab.transfer import FinetuneConfig, TransferConfig, finetune, train_transfer
 
     if args.finetune_from:
-        fcfg = FinetuneConfig(finetune_from=args.finetune_from, runs_dir=args.runs_dir)
-        over = {
-            "name": args.name,
-            "cache_dir": args.cache_dir,
-            "epochs": args.finetune_epochs,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "weight_decay": args.weight_decay,
-            "augment": args.augment,
-            "subset": args.subset,
-            "trainable_from": args.trainable_from,
-            "seed": args.seed,
-            "threads": args.threads,
-        }
-        fcfg = replace(fcfg, progress=not args.no_progress, **_given(over))
-        run = finetune(fcfg)
+        given = overrides(args, FinetuneConfig)
+        if args.finetune_epochs is not None:
+            given["epochs"] = args.finetune_epochs
+        elif "epochs" in given:
+            del given["epochs"]  # --epochs means head epochs; fine-tuning has --finetune-epochs
+        run = finetune(FinetuneConfig(**given))
     else:
-        cfg = TransferConfig(runs_dir=args.runs_dir)
-        over = {
-            "name": args.name,
-            "weights": args.weights,
-            "cache_dir": args.cache_dir,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "weight_decay": args.weight_decay,
-            "label_smoothing": args.label_smoothing,
-            "flip": args.flip,
-            "feature_dtype": args.feature_dtype,
-            "feature_backend": args.feature_backend,
-            "channels_last": args.channels_last,
-            "seed": args.seed,
-        }
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        run = train_transfer(replace(cfg, **_given(over)))
+        run = train_transfer(TransferConfig(**overrides(args, TransferConfig)))
     print(f"run written to {run}; next: cifarlab evaluate {run}")
     return 0
 
@@ -148,12 +86,9 @@ def _pct(x: float | None) -> str:
     return "n/a (no validation columns in metrics.csv)" if x is None else f"{x:.2%}"
 
 
-def _given(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in options.items() if v is not None}
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
-    from cifarlab.evaluate import CONFUSION_FILE, EVAL_FILE, evaluate_run
+    from cifarlab.evaluate import evaluate_run
+    from cifarlab.runs import CONFUSION_FILE, EVAL_FILE
 
     res = evaluate_run(
         args.run,

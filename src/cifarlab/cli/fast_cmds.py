@@ -2,25 +2,32 @@
 
 cifarlab fast-train --preset quick --seed 0
 cifarlab fast-train --preset fast94 --run-dir runs/fast94-s0 --data-source DIR
+cifarlab fast-train --resume runs/quick-s0
 
 Trains on the 50,000 official training images and evaluates on the official test set, as the
-speed-run literature does (see docs/fast-training.md).
+speed-run literature does (see docs/fast-training.md). Every `FastConfig` field is a flag
+(`--lr`, `--momentum`, `--low-res-epochs`...) that overrides the preset.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from cifarlab.cli.flags import add_recipe_flags, overrides
+from cifarlab.cli.train_cmds import add_bf16_alias, precision_alias
 
 # Kept in sync with cifarlab.fast.PRESETS by a test.
 PRESET_NAMES = ("fast94", "quick", "airbench94")
 
 
 def register(sub: Any) -> None:
+    from cifarlab.recipes import FastConfig
+
     p = sub.add_parser(
         "fast-train",
         help="train the fast from-scratch net (fast94: 94%% in minutes on CPU)",
@@ -32,7 +39,8 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("--preset", choices=PRESET_NAMES, default="fast94", help="recipe")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_recipe_flags(p, FastConfig, skip=("name",))
+    add_bf16_alias(p)
     p.add_argument(
         "--run-dir", type=Path, default=None, help="run folder (default runs/<preset>-s<seed>)"
     )
@@ -43,42 +51,34 @@ def register(sub: Any) -> None:
         help="CIFAR-10 folder or archive to prepare the cache from (default: existing cache, "
         "$CIFARLAB_DATA_SOURCE, or download)",
     )
-    p.add_argument(
-        "--cache-dir", type=Path, default=None, help="data cache (default $CIFARLAB_CACHE)"
-    )
-    p.add_argument("--epochs", type=float, default=None, help="override the preset's epochs")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    p.add_argument(
-        "--bf16",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="bf16 autocast (pays only on CPUs with native bf16)",
-    )
+    p.add_argument("--resume", metavar="RUN", help="continue the run folder RUN exactly")
     p.set_defaults(func=_fast_train)
 
 
-def _fast_train(args: argparse.Namespace) -> int:
-    from cifarlab import data, fast
+def load_fast_data(
+    source: Path | None, cache_dir: str | None
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    from cifarlab import data
 
-    overrides: dict[str, Any] = {}
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
-    if args.threads is not None:
-        overrides["threads"] = args.threads
-    if args.bf16 is not None:
-        overrides["bf16"] = args.bf16
-    cfg = fast.get_preset(args.preset, **overrides)
-    data.prepare(source=args.data_source, cache_dir=args.cache_dir, progress=False)
-    train_data = data.load_split("train_full", cache_dir=args.cache_dir)
-    test_data = data.load_split("test", cache_dir=args.cache_dir)
-    run_dir = args.run_dir or Path("runs") / f"{cfg.name}-s{args.seed}"
-    command = shlex.join(["cifarlab", *sys.argv[1:]])
-    result = fast.train(
-        cfg, train_data, test_data, run_dir=run_dir, seed=args.seed, command=command
-    )
+    data.prepare(source=source, cache_dir=cache_dir, progress=False)
+    return data.load_split("train_full", cache_dir=cache_dir), data.load_split("test", cache_dir)
+
+
+def _fast_train(args: argparse.Namespace) -> int:
+    from cifarlab import fast
+
+    given = {**overrides(args, fast.FastConfig), **precision_alias(args)}
+    if args.resume:
+        from cifarlab.cli.train_cmds import RESUME_OPTIONS, resume_run
+
+        return resume_run(Path(args.resume), {k: given[k] for k in given if k in RESUME_OPTIONS})
+    cfg = fast.get_preset(args.preset, **given)
+    train_data, test_data = load_fast_data(args.data_source, cfg.cache_dir)
+    run_dir = args.run_dir or Path("runs") / f"{cfg.name}-s{cfg.seed}"
+    result = fast.train(cfg, train_data, test_data, run_dir=run_dir)
     print(json.dumps(result, indent=2))
     print(
-        f"{cfg.name} seed {args.seed}: test accuracy {result['test_accuracy']:.4f} "
+        f"{cfg.name} seed {cfg.seed}: test accuracy {result['test_accuracy']:.4f} "
         f"(no TTA {result['test_accuracy_no_tta']:.4f}) in {result['wall_seconds']:.0f} s, "
         f"{result['images_per_second']:.0f} train img/s, "
         f"{result['gflops_per_second']:.0f} GFLOP/s; run folder {run_dir}"

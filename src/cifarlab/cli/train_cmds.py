@@ -1,165 +1,167 @@
-"""`cifarlab train`: train a registered model into a run folder, or resume one.
+"""`cifarlab train` (the standard recipe, and `--resume` of any run) and `cifarlab finetune`.
 
-    cifarlab train --model baseline_cnn --epochs 20 --name baseline_cnn
+    cifarlab train --recipe seed-baseline
     cifarlab train --model augmented_cnn --subset 2000 --epochs 1 --name smoke
-    cifarlab train --resume runs/baseline_cnn
+    cifarlab train --resume runs/baseline_cnn        # any recipe's run folder
+    cifarlab finetune --finetune-from runs/mobilenet_v2_transfer --epochs 1
     torchrun --standalone --nproc-per-node=2 -m cifarlab train --model baseline_cnn --subset 2000
 
-Options left out take the `TrainConfig` defaults (see `cifarlab.train`); `augmented_cnn`
-defaults to the `keras_aug` preset, every other model to `none`.
+Flags are generated from the recipe dataclasses (`cifarlab.cli.flags`); options left out
+take the preset's values (`--recipe`) or the `StandardRecipe` defaults.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+from dataclasses import fields, replace
+from pathlib import Path
 from typing import Any
 
-# TrainConfig fields the command line sets directly.
-_CONFIG_OPTIONS = (
-    "epochs",
-    "batch_size",
-    "lr",
-    "optimizer",
-    "weight_decay",
-    "schedule",
-    "augment",
-    "label_smoothing",
-    "seed",
-    "patience",
-    "monitor",
-    "train_split",
-    "subset",
-    "bf16",
-    "channels_last",
-)
-# Options that define a run; --resume continues the saved config, so they clash with it.
-_RUN_OPTIONS = ("model", *_CONFIG_OPTIONS, "model_kwargs", "name", "run_dir")
+from cifarlab.cli.flags import add_recipe_flags, flag_name, overrides
+
+# May be given with --resume: they change how the run is executed, not what it computes.
+RESUME_OPTIONS = ("threads", "progress", "cache_dir")
 
 
-def _kv(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+def add_bf16_alias(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        help="old spelling of --precision bf16 (--no-bf16: --precision fp32)",
+    )
+
+
+def precision_alias(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "bf16", None) is None:
+        return {}
+    return {"precision": "bf16" if args.bf16 else "fp32"}
 
 
 def register(sub: Any) -> None:
+    from cifarlab.recipes import FinetuneConfig, StandardRecipe
+
     p = sub.add_parser(
         "train",
-        help="train a model into runs/<name>/ (or --resume one)",
-        description="Train a registered model on the prepared CIFAR-10 cache.",
+        help="train a model into runs/<name>/ (or --resume any run)",
+        description="Train a registered model with the standard recipe, or resume any run.",
     )
-    p.add_argument("--model", help="registered model name (see `cifarlab train --list-models`)")
+    p.add_argument("--recipe", help="start from a preset: seed-baseline | seed-augmented")
     p.add_argument("--list-models", action="store_true", help="print the model names and exit")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch size (default 128)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
-    p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"))
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"))
-    p.add_argument("--augment", help="augmentation preset: none | keras_aug")
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--patience", type=int, help="early stopping patience in epochs (0 = off)")
-    p.add_argument("--monitor", choices=("val_acc", "val_loss"))
-    p.add_argument("--train-split", choices=("train", "train_full"))
-    p.add_argument("--subset", type=int, help="use the first N training images (smoke runs)")
-    p.add_argument(
-        "--model-kwarg",
-        dest="model_kwargs",
-        action="append",
-        type=_kv,
-        metavar="KEY=VALUE",
-        help="extra model argument (JSON value), repeatable",
-    )
+    add_recipe_flags(p, StandardRecipe)
+    add_bf16_alias(p)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--name", help="run folder runs/NAME (default: the model name)")
     where.add_argument("--run-dir", help="run folder path")
     p.add_argument("--resume", metavar="RUN", help="continue the run folder RUN exactly")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument(
-        "--bf16",
-        action=argparse.BooleanOptionalAction,
-        help="bf16 autocast (default off: much slower on CPUs without native bf16)",
-    )
-    p.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        help="channels_last memory format (default on: faster for these CNNs on CPU)",
-    )
-    p.add_argument("--cache-dir", help="data cache folder (default: CIFARLAB_CACHE or user cache)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+    f = sub.add_parser(
+        "finetune",
+        help="fine-tune a MobileNetV2 transfer run end to end",
+        description="Unfreeze the backbone of a transfer run and train it end to end.",
+    )
+    add_recipe_flags(f, FinetuneConfig)
+    f.set_defaults(func=run_finetune)
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from cifarlab.cli import CLIError
     from cifarlab.models import get_model, list_models
-    from cifarlab.train import TrainConfig, fit, load_config
+    from cifarlab.recipes import SEED_PRESETS, StandardRecipe, get_recipe
+    from cifarlab.train import train
 
     if args.list_models:
         print("\n".join(list_models()))
         return 0
-    common: dict[str, Any] = {"progress": not args.no_progress}
-    if args.threads is not None:
-        common["threads"] = args.threads
-    if args.cache_dir is not None:
-        common["cache_dir"] = args.cache_dir
-
+    given = {**overrides(args, StandardRecipe), **precision_alias(args)}
     if args.resume:
-        # `is not None`: --seed 0, --patience 0 or --no-bf16 clash as much as any other value.
+        # `is not None`: --seed 0 or --no-bf16 clash as much as any other value.
         clashing = [
-            "--model-kwarg" if k == "model_kwargs" else f"--{k.replace('_', '-')}"
-            for k in _RUN_OPTIONS
-            if getattr(args, k, None) is not None
+            flag_name(f)
+            for f in fields(StandardRecipe)
+            if f.name in given
+            and f.name not in RESUME_OPTIONS
+            and f.name in vars(args)
+            and getattr(args, f.name) is not None
+        ]
+        clashing += [
+            f"--{o.replace('_', '-')}"
+            for o in ("recipe", "name", "run_dir", "bf16")
+            if getattr(args, o) is not None
         ]
         if clashing:
+            flags = " ".join(clashing)
             raise CLIError(
-                f"--resume continues the saved config of {args.resume}; drop {' '.join(clashing)}"
+                f"--resume continues the saved config of {args.resume}; drop {flags}"
                 " (or start a new run with --name)"
             )
-        cfg = replace(load_config(args.resume), run_dir=args.resume, **common)
-        result = fit(cfg, resume=True)
-    else:
-        if not args.model:
-            raise CLIError(
-                "--model is required (or --resume RUN); known models: " + ", ".join(list_models())
-            )
-        if args.model not in list_models():
-            get_model(args.model)  # raises the registry's error listing the known models
-        fields: dict[str, Any] = {
-            k: getattr(args, k) for k in _CONFIG_OPTIONS if getattr(args, k) is not None
-        }
-        if args.train_split == "train_full":
-            fields["val_split"] = "test"  # nothing is held out; report it honestly as test
-        run_dir = args.run_dir or f"runs/{args.name or args.model}"
-        cfg = TrainConfig(
-            model=args.model,
-            model_kwargs=dict(args.model_kwargs or []),
-            run_dir=run_dir,
-            **fields,
-            **common,
+        return resume_run(Path(args.resume), {k: given[k] for k in given})
+    if args.recipe and args.recipe not in SEED_PRESETS:
+        raise CLIError(
+            f"unknown recipe {args.recipe!r} for `cifarlab train`; pick one of "
+            f"{', '.join(SEED_PRESETS)} (fast94/quick: `cifarlab fast-train --preset`, "
+            "transfer: `cifarlab transfer`, finetune: `cifarlab finetune`)"
         )
-        result = fit(cfg, overwrite=args.overwrite)
+    if not args.recipe and not args.model:
+        raise CLIError(
+            "--model or --recipe is required (or --resume RUN); known models: "
+            + ", ".join(list_models())
+        )
+    if args.model and args.model not in list_models():
+        get_model(args.model)  # raises the registry's error listing the known models
+    recipe = get_recipe(args.recipe, **given) if args.recipe else StandardRecipe(**given)
+    assert isinstance(recipe, StandardRecipe)
+    run_dir = args.run_dir or f"runs/{args.name or args.recipe or recipe.model}"
+    result = train(recipe, run_dir, overwrite=args.overwrite)
+    return _summary(result)
+
+
+def _summary(result: Any) -> int:
     if os.environ.get("RANK", "0") != "0":
         return 0  # one summary per distributed run
     best = result.best
     if result.history:
+        val_acc, val_loss = best.get("val_acc"), best.get("val_loss")
         print(
             f"run {result.run_dir}: best epoch {result.best_epoch} "
-            f"val_acc {best.get('val_acc', float('nan')):.4f} "
-            f"val_loss {best.get('val_loss', float('nan')):.4f}; "
+            f"val_acc {val_acc if val_acc is not None else float('nan'):.4f} "
+            f"val_loss {val_loss if val_loss is not None else float('nan'):.4f}; "
             f"{len(result.history)} epochs in {result.train_seconds:.0f} s"
             + (" (stopped early)" if result.stopped_early else "")
         )
     else:
         print(f"run {result.run_dir}: nothing left to train")
+    return 0
+
+
+def resume_run(run_dir: Path, given: dict[str, Any]) -> int:
+    """Continue any recipe's run folder from its last checkpoint, exactly."""
+    from cifarlab import fast, train, transfer
+    from cifarlab.recipes import load_recipe
+
+    recipe = replace(load_recipe(run_dir), **given)
+    if isinstance(recipe, train.StandardRecipe):
+        return _summary(train.train(recipe, run_dir, resume=True))
+    if isinstance(recipe, fast.FastConfig):
+        from cifarlab.cli.fast_cmds import load_fast_data
+
+        train_data, test_data = load_fast_data(None, recipe.cache_dir)
+        result = fast.train(recipe, train_data, test_data, run_dir, resume=True)
+        print(f"run {run_dir}: test accuracy {result.get('test_accuracy')}")
+        return 0
+    if isinstance(recipe, transfer.TransferConfig):
+        recipe = replace(recipe, runs_dir=str(run_dir.parent), name=run_dir.name)
+        transfer.train_transfer(recipe, resume=True)
+        print(f"run {run_dir} finished; next: cifarlab evaluate {run_dir}")
+        return 0
+    raise AssertionError(f"no resume for {type(recipe).__name__}")
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from cifarlab.transfer import FinetuneConfig, finetune
+
+    run = finetune(FinetuneConfig(**overrides(args, FinetuneConfig)))
+    print(f"run written to {run}; next: cifarlab evaluate {run}")
     return 0

@@ -36,8 +36,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from cifarlab.constants import CIFAR_MEAN, CIFAR_STD, NUM_CLASSES
-from cifarlab.data import sha256_file
 from cifarlab.errors import CifarlabError
+from cifarlab.io import sha256_file
 from cifarlab.models.registry import register_model
 
 log = logging.getLogger(__name__)
