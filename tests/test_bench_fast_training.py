@@ -83,3 +83,32 @@ def test_overrides_become_fast_train_flags() -> None:
                      "--no-bf", "--low-res-epochs", "2"]  # fmt: skip
     with pytest.raises(bench.BenchError, match="KEY=VALUE"):
         bench.parse_set(["epochs"])
+
+
+def test_tables_render_the_numbers_in_the_json(tmp_path: Path) -> None:
+    runs = [
+        {
+            **_run(s, acc, wall, ratio),
+            "reference_seconds": 800.0,
+            "images_per_second": 900.0,
+            "gflops_per_second": 600.0,
+            "precision": "bf16",
+        }
+        for s, acc, wall, ratio in ((0, 0.9412, 400.0, 0.5), (1, 0.9388, 440.0, 0.55))
+    ]
+    probes = [{"images_per_second": 1000.0, "eval_seconds": 20.0}] * 4
+    prov = {"hardware": HW, "torch": "2.x", "commands": ["python bench/fast_training.py"]}
+    d = bench.summarise("fast94", runs, probes, {"train_images": 780_000}, prov)
+    table = bench.table_results(d)
+    assert "| 0 | 94.12% |" in table and "| 1 | 93.88% |" in table
+    assert "**0.525**" in table  # median wall 420 s over the 800 s reference
+    assert "not met" in table and "1 of 2 seeds reached 94.00%" in table
+    ablation = {"variants": {"SGD": {"overrides": {"optimizer": "sgd"}, **d}}}
+    assert '`optimizer="sgd"`' in bench.table_ablation(ablation)
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "a\n<!-- bench:fast-results-fast94:start -->\nold\n<!-- bench:fast-results-fast94:end -->\n"
+    )
+    (tmp_path / "fast_training_fast94.json").write_text(__import__("json").dumps(d))
+    bench.render_docs(doc, tmp_path)
+    assert "old" not in doc.read_text() and "94.12%" in doc.read_text()
