@@ -401,10 +401,17 @@ def main(argv: list[str] | None = None) -> int:
     base = old.get("variants", {}).get(args.ablation, {}) if args.ablation else old
     runs: list[dict[str, Any]] = list(base.get("runs", []))
     probes: list[dict[str, Any]] = list(base.get("reference", {}).get("probes", []))
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
-        if any(r["seed"] == seed for r in runs):
-            raise SystemExit(f"seed {seed} is already in {out}; pick another --first-seed")
-        before = probe_reference(train_data, test_data, args.probe_seconds, args.probe_eval_images)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    if clash := sorted({r["seed"] for r in runs} & set(seeds)):
+        raise SystemExit(f"seeds {clash} are already in {out}; pick another --first-seed")
+    after: dict[str, Any] | None = None
+    for seed in seeds:
+        # Consecutive seeds share a probe: the one after a seed is the one before the next.
+        before = after or probe_reference(
+            train_data, test_data, args.probe_seconds, args.probe_eval_images
+        )
+        if after is None:
+            probes.append(before)
         print(f"probe: reference {before['images_per_second']:.0f} img/s", flush=True)
         run_dir = args.runs_root / f"bench-{args.preset}-s{seed}"
         r = run_seed(args.preset, seed, run_dir, overrides)
@@ -423,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             command=command,
         )
         runs.append(r)
-        probes += [before, after]
+        probes.append(after)
         print(
             f"seed {seed}: acc {r['test_accuracy']:.4f} (no TTA {r['test_accuracy_no_tta']:.4f}) "
             f"wall {r['wall_seconds']:.1f} s, reference {own:.0f} s -> ratio "
