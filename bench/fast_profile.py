@@ -8,7 +8,7 @@ images, its loader, optimiser and hooks) and runs its steps through the engine's
 trains at. For each size it records images/s and achieved GFLOP/s over `--steps` timed steps
 (after one warm-up step), then profiles two more steps with `torch.profiler` and groups self
 CPU time by operator family and by convolution shape, with each convolution's achieved
-GFLOP/s (forward and backward). Writes `reports/bench/fast_training_profile_<preset>.json`.
+GFLOP/s (forward and backward). Writes `reports/bench/fast_training_layers_<preset>.json`.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for c in r["convolutions"][:6]:
             print(f"  {100 * c['share']:5.1f}% {c['op']:8s} {c['input_shapes']}", flush=True)
-    out = args.out or REPO / "reports" / "bench" / f"fast_training_profile_{args.preset}.json"
+    out = args.out or REPO / "reports" / "bench" / f"fast_training_layers_{args.preset}.json"
     import shlex
     from datetime import UTC, datetime
 

@@ -261,7 +261,7 @@ def render_docs(doc: Path, bench_dir: Path) -> None:
         "fast-results-fast94": ("fast_training_fast94.json", table_results),
         "fast-results-quick": ("fast_training_quick.json", table_results),
         "fast-ablation-fast94": ("fast_training_fast94_ablation.json", table_ablation),
-        "fast-profile-fast94": ("fast_training_profile_fast94.json", table_profile),
+        "fast-profile-fast94": ("fast_training_layers_fast94.json", table_profile),
     }
 
     def sub(m: re.Match[str]) -> str:

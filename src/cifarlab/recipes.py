@@ -327,8 +327,8 @@ PRESETS: dict[str, FastConfig] = {
     # Target: mean >= 94.0% with TTA in at most 0.55 of the reference's time. The
     # airbench94 net with the orthogonalised-update optimiser (cifarlab.muon) as public
     # airbench94_muon does it: 8 epochs at batch 2000 instead of 9.9 at 1024, linear decay to
-    # zero, no lookahead, unit-std head read out at 1/256. One exploratory seed on a 2-vCPU
-    # AMX machine: 93.99% in 1,100 s; the benchmark JSON holds the measured seeds.
+    # zero, no lookahead, unit-std head read out at 1/256. Measured seeds: the benchmark
+    # JSON (reports/bench/fast_training_fast94.json), rendered in docs/fast-training.md.
     "fast94": FastConfig(
         name="fast94",
         epochs=8.0,
@@ -346,7 +346,7 @@ PRESETS: dict[str, FastConfig] = {
     # Target: mean >= 90% in at most 0.15 of the reference's time. A quarter-width net
     # (0.2 GFLOP per training image instead of 0.71), the same optimiser, 4 epochs of which
     # the first at 24 px; batch 1000 for twice the steps of batch 2000, with a smaller filter
-    # step to match. One exploratory seed: 90.47% in 175 s.
+    # step to match (reports/bench/fast_training_quick.json).
     "quick": FastConfig(
         name="quick",
         epochs=4.0,
