@@ -112,3 +112,12 @@ def test_tables_render_the_numbers_in_the_json(tmp_path: Path) -> None:
     (tmp_path / "fast_training_fast94.json").write_text(__import__("json").dumps(d))
     bench.render_docs(doc, tmp_path)
     assert "old" not in doc.read_text() and "94.12%" in doc.read_text()
+
+
+def test_fast_training_doc_matches_its_json(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    doc = tmp_path / "fast-training.md"
+    committed = (repo / "docs" / "fast-training.md").read_text()
+    doc.write_text(committed)
+    bench.render_docs(doc, repo / "reports" / "bench")
+    assert doc.read_text() == committed, "run: python bench/fast_training.py --render"
