@@ -1,43 +1,44 @@
-"""Where the time of a fast-training step goes, and raw throughput of a few variants.
+"""Where the time of a fast-training step goes, per layer and per resolution.
 
-    python bench/fast_profile.py --preset quick --steps 6
+    python bench/fast_profile.py --preset fast94 --steps 3
 
-Times a few training steps of the preset's net on random data (data pipeline included) with
-`torch.profiler`, groups self CPU time by operator family (convolution forward/backward,
-batch norm, activation, pooling, optimiser, data), and measures images/s for the variants
-listed by `--variants` (precision, memory format, crop size). Writes
-`reports/bench/fast_training_profile.json`.
+Builds the preset's training plan (`cifarlab.fast.plan`: the net whitened from real training
+images, its loader, optimiser and hooks) and runs its steps through the engine's own
+`train_one_epoch` at the machine's best native precision, once per crop size the preset
+trains at. For each size it records images/s and achieved GFLOP/s over `--steps` timed steps
+(after one warm-up step), then profiles two more steps with `torch.profiler` and groups self
+CPU time by operator family and by convolution shape, with each convolution's achieved
+GFLOP/s (forward and backward). Writes `reports/bench/fast_training_layers_<preset>.json`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import itertools
 import sys
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from cifarlab import fast
-from cifarlab.engine import autocast
-from cifarlab.models import get_model
+from cifarlab import engine, fast
+from cifarlab.constants import IMAGE_SIZE
+from cifarlab.io import write_json_atomic
+from cifarlab.runinfo import git_sha, hardware
 
 REPO = Path(__file__).resolve().parents[1]
 
 FAMILIES = (
-    ("conv_backward", ("convolution_backward", "mkldnn_convolution_backward")),
-    ("conv_forward", ("convolution", "conv2d", "mkldnn_convolution")),
-    ("batch_norm", ("batch_norm", "native_batch_norm")),
+    ("conv_backward", ("convolution_backward",)),
+    ("conv_forward", ("convolution", "conv2d")),
+    ("batch_norm", ("batch_norm",)),
     ("activation", ("gelu", "relu")),
-    ("pooling", ("max_pool", "adaptive_max_pool")),
-    ("optimizer", ("sgd", "_foreach", "lerp", "add_", "mul_", "copy_")),
-    ("data", ("index", "permute", "contiguous", "sub", "to_copy", "_to_copy")),
+    ("pooling", ("max_pool",)),
+    ("optimizer", ("sgd", "_foreach", "lerp", "mm", "matmul", "norm", "add_", "mul_")),
+    ("dtype_copies", ("to_copy", "copy_", "_to_copy")),
+    ("data", ("index", "permute", "contiguous", "sub", "randperm", "where")),
 )
 
 
@@ -49,110 +50,116 @@ def family(name: str) -> str:
     return "other"
 
 
-def make_step(cfg: fast.FastConfig, size: int) -> tuple[Any, int]:
-    model = get_model("fastnet", **cfg.model_kwargs())
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.85, nesterov=True)
-    rng = np.random.default_rng(0)
-    n = cfg.batch_size * 2
-    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, n)
-    loader = fast.GpuStyleLoader(
-        images,
-        labels,
-        cfg.batch_size,
-        cfg.translate,
-        0,
-        cfg.channels_last,
-    )
-    ctx = autocast(cfg.precision == "bf16")
-
-    def step() -> None:
-        for x, y in loader.epoch(1, size):
-            with ctx:
-                loss = F.cross_entropy(model(x), y, label_smoothing=0.2)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            break
-
-    return step, cfg.batch_size
+def conv_gflop(shapes: list[list[int]], backward: bool) -> float | None:
+    """FLOPs of one 3x3-or-smaller conv call from its profiled input shapes (None if unknown)."""
+    try:
+        if backward:  # convolution_backward(grad_out, input, weight, ...)
+            (b, k, h, w), (_, c, _, _), (_, _, kh, kw) = shapes[0], shapes[1], shapes[2]
+            return 2 * 2 * b * h * w * k * c * kh * kw / 1e9  # input grad + weight grad
+        (b, c, hi, wi), (k, _, kh, kw) = shapes[0], shapes[1]
+        return 2 * b * hi * wi * k * c * kh * kw / 1e9  # "same" padding: output = input size
+    except (ValueError, IndexError):
+        return None
 
 
-def images_per_second(cfg: fast.FastConfig, size: int, steps: int) -> float:
-    step, bs = make_step(cfg, size)
-    step()  # warm-up: oneDNN primitive creation
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return bs * steps / (time.perf_counter() - t0)
+def profile_size(cfg: fast.FastConfig, train_data: Any, size: int, steps: int) -> dict[str, Any]:
+    p = fast.plan(cfg, train_data)
+    bf16 = cfg.precision == "bf16"
+
+    def run(n: int) -> float:
+        t0 = time.perf_counter()
+        engine.train_one_epoch(
+            p.model,
+            p.optimizer,
+            p.criterion,
+            itertools.islice(p.train.epoch(1, size), n),
+            epoch=1,
+            steps=n,
+            hooks=p.hooks,
+            bf16=bf16,
+        )
+        return time.perf_counter() - t0
+
+    run(1)  # warm-up: oneDNN builds its kernels for these shapes
+    seconds = run(steps)
+    ips = steps * cfg.batch_size / seconds
+    gflop_per_image = fast.flops_per_image(cfg, size) / 1e9
+    with torch.profiler.profile(record_shapes=True) as prof:
+        run(2)
+    events = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    fams: dict[str, float] = defaultdict(float)
+    convs = []
+    for e in events:
+        fams[family(e.key)] += e.self_cpu_time_total / total
+        backward = e.key == "aten::convolution_backward"
+        if backward or e.key == "aten::mkldnn_convolution":
+            gf = conv_gflop(e.input_shapes, backward)
+            ms = e.self_cpu_time_total / 1e3 / 2  # per step
+            convs.append(
+                {
+                    "op": "backward" if backward else "forward",
+                    "input_shapes": [s for s in e.input_shapes if s][:3],
+                    "calls_per_step": e.count // 2,
+                    "ms_per_step": round(ms, 1),
+                    "share": round(e.self_cpu_time_total / total, 3),
+                    "gflops_per_second": round(gf * (e.count // 2) / ms * 1e3, 1) if gf else None,
+                }
+            )
+    return {
+        "size": size,
+        "images_per_second": round(ips, 1),
+        "gflop_per_train_image": round(gflop_per_image, 4),
+        "gflops_per_second": round(ips * gflop_per_image, 1),
+        "time_share": {k: round(v, 3) for k, v in sorted(fams.items(), key=lambda kv: -kv[1])},
+        "convolutions": sorted(convs, key=lambda c: -c["share"]),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="quick")
-    p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument(
-        "--variants",
-        default="base,contiguous,24px,bf16",
-        help="comma list of: base, contiguous, 24px, 28px, bf16",
-    )
-    p.add_argument("--out", type=Path, default=REPO / "reports/bench/fast_training_profile.json")
+    p.add_argument("--preset", default="fast94")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per crop size")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    cfg = fast.get_preset(args.preset, batch_size=args.batch_size)
+    from cifarlab import data
 
-    step, bs = make_step(cfg, 32)
-    step()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        total = time.perf_counter() - t0
-    split: dict[str, float] = defaultdict(float)
-    for evt in prof.key_averages():
-        split[family(evt.key)] += evt.self_cpu_time_total / 1e6
-    prof_total = sum(split.values())
-    shares = {k: round(v / prof_total, 3) for k, v in sorted(split.items(), key=lambda kv: -kv[1])}
-    print(f"profiled {args.steps} steps of {bs} at 32px: {bs * args.steps / total:.0f} img/s")
-    for k, v in shares.items():
-        print(f"  {k:14s} {100 * v:5.1f}%")
-
-    variants: dict[str, float] = {}
-    for v in args.variants.split(","):
-        vcfg, size = cfg, 32
-        if v == "contiguous":
-            vcfg = fast.get_preset(args.preset, batch_size=args.batch_size, channels_last=False)
-        elif v.endswith("px"):
-            size = int(v[:-2])
-        elif v == "bf16":
-            vcfg = fast.get_preset(args.preset, batch_size=args.batch_size, precision="bf16")
-        elif v != "base":
-            raise SystemExit(f"unknown variant {v!r}")
-        # bf16 without native support is an order of magnitude slower: time fewer steps.
-        n = 1 if v == "bf16" else args.steps
-        variants[v] = round(images_per_second(vcfg, size, n), 1)
-        print(f"variant {v:11s} {variants[v]:7.1f} img/s", flush=True)
-
-    flops = {s: fast.flops_per_image(cfg, s) for s in (24, 28, 32)}
-    result = {
+    chosen = engine.choose_precision(args.precision, engine.cpu_flags()).value
+    cfg = fast.get_preset(args.preset, precision=chosen, progress=False)
+    n = cfg.batch_size * (args.steps + 3)
+    images, labels = data.load_split("train_full")
+    train_data = (images[:n], labels[:n])
+    sizes = sorted({IMAGE_SIZE, cfg.low_res} if cfg.low_res_epochs else {IMAGE_SIZE})
+    result: dict[str, Any] = {
         "preset": args.preset,
         "widths": list(cfg.widths),
-        "batch_size": bs,
-        "time_share_32px": shares,
-        "images_per_second": variants,
-        "gflop_per_train_image": {str(k): round(v / 1e9, 4) for k, v in flops.items()},
-        "gflops_per_second_base": round(variants.get("base", 0) * flops[32] / 1e9, 1),
+        "batch_size": cfg.batch_size,
+        "precision": chosen,
         "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python", "bench/fast_profile.py", *(argv or sys.argv[1:])]),
+        "sizes": [],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.out)
+    for size in sorted(sizes, reverse=True):
+        r = profile_size(cfg, train_data, size, args.steps)
+        result["sizes"].append(r)
+        print(
+            f"{size}px: {r['images_per_second']:.0f} img/s, {r['gflops_per_second']:.0f} GFLOP/s",
+            flush=True,
+        )
+        for c in r["convolutions"][:6]:
+            print(f"  {100 * c['share']:5.1f}% {c['op']:8s} {c['input_shapes']}", flush=True)
+    out = args.out or REPO / "reports" / "bench" / f"fast_training_layers_{args.preset}.json"
+    import shlex
+    from datetime import UTC, datetime
+
+    result.update(
+        hardware=hardware(),
+        torch=torch.__version__,
+        git_commit=git_sha(),
+        date=datetime.now(UTC).isoformat(timespec="seconds"),
+        command=shlex.join(["python", "bench/fast_profile.py", *(argv or sys.argv[1:])]),
+    )
+    write_json_atomic(out, result)
     return 0
 
 

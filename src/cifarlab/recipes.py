@@ -270,7 +270,21 @@ class FastConfig(Recipe):
     lr_peak: float = opt(0.23, "fraction of all steps at which the schedule peaks")
     lr_end: float = opt(0.07, "schedule multiplier at the last step")
     whiten_bias_epochs: int = opt(3, "the whitening bias trains this long, then freezes")
-    lookahead_every: int = opt(5, "steps between lookahead pulls")
+    lookahead_every: int = opt(5, "steps between lookahead pulls; 0 turns lookahead off")
+    optimizer: str = opt(
+        "sgd",
+        "sgd: Nesterov SGD for every parameter (lr, momentum, weight_decay); muon: "
+        "orthogonalised updates for the conv filters (cifarlab.muon), Nesterov SGD with "
+        "momentum 0.85 for biases and head (bias_lr, head_lr, decay_per_example)",
+        choices=("sgd", "muon"),
+    )
+    muon_lr: float = opt(0.24, "muon: filter step per update, in units of the fixed filter norm")
+    muon_momentum: float = opt(0.6, "muon: Nesterov momentum of the filter updates")
+    ns_steps: int = opt(3, "muon: Newton-Schulz iterations per orthogonalisation")
+    bias_lr: float = opt(0.053, "muon: SGD lr of whitening and BatchNorm biases (summed loss)")
+    head_lr: float = opt(0.67, "muon: SGD lr of the linear head (summed loss)")
+    decay_per_example: float = opt(2e-6, "muon: weight decay per step = this x batch_size")
+    head_unit_init: bool = opt(False, "rescale the head weights to std 1 (pair with logit_scale)")
     translate: int = opt(2, "pixels of random translation (reflect padding)")
     widths: tuple[int, int, int] = opt((64, 256, 256), "channels of the three conv groups")
     bn_momentum: float = opt(0.6, "fraction of the running statistics kept per step")
@@ -290,6 +304,12 @@ class FastConfig(Recipe):
             raise FastConfigError(f"preset {self.name!r}: tta_level must be 0, 1 or 2")
         if not 0 < self.lr_peak < 1:
             raise FastConfigError(f"preset {self.name!r}: lr_peak must be between 0 and 1")
+        if self.optimizer not in ("sgd", "muon"):
+            raise FastConfigError(
+                f"preset {self.name!r}: optimizer must be 'sgd' or 'muon', got {self.optimizer!r}"
+            )
+        if self.lookahead_every < 0:
+            raise FastConfigError(f"preset {self.name!r}: lookahead_every must be >= 0")
 
     def model_kwargs(self) -> dict[str, Any]:
         return {
@@ -300,22 +320,49 @@ class FastConfig(Recipe):
 
 
 PRESETS: dict[str, FastConfig] = {
-    # Target: mean >= 94.0% test accuracy with TTA. The airbench94-sized net; 4 of 11 epochs
-    # on 24x24 crops cost about 0.55 of a full epoch each, so the whole run spends fewer
-    # FLOPs than the 9.9 full-resolution epochs of the published recipe.
-    "fast94": FastConfig(name="fast94", epochs=11.0, low_res_epochs=4),
-    # Target: >= 90% quickly. A quarter-width net (about 0.2 GFLOP per training image
-    # instead of 0.7) with more, smaller steps: at this accuracy a small net is cheaper.
+    # The yardstick of issue 10, not a recipe to beat others with: airbench94 as published
+    # (FastConfig's defaults are its hyperparameters), 9.9 epochs at 32 px, its TTA.
+    # `bench/fast_training.py` times its step on the machine at hand.
+    "airbench94": FastConfig(name="airbench94", epochs=9.9, low_res_epochs=0),
+    # Target: mean >= 94.0% with TTA in at most 0.55 of the reference's time. The
+    # airbench94 net with the orthogonalised-update optimiser (cifarlab.muon) as public
+    # airbench94_muon does it: 8 epochs at batch 2000 instead of 9.9 at 1024, linear decay to
+    # zero, no lookahead, unit-std head read out at 1/256. Measured seeds: the benchmark
+    # JSON (reports/bench/fast_training_fast94.json), rendered in docs/fast-training.md.
+    "fast94": FastConfig(
+        name="fast94",
+        epochs=8.0,
+        low_res_epochs=0,
+        batch_size=2000,
+        optimizer="muon",
+        lookahead_every=0,
+        lr_start=1.0,  # schedule: flat for the first 1% of steps, then linear to zero
+        lr_peak=0.01,
+        lr_end=0.0,
+        logit_scale=1 / 256,  # 1 / width of the last group, with unit-std head weights
+        head_unit_init=True,
+        eval_batch_size=2000,
+    ),
+    # Target: mean >= 90% in at most 0.15 of the reference's time. A quarter-width net
+    # (0.2 GFLOP per training image instead of 0.71), the same optimiser, 4 epochs of which
+    # the first at 24 px; batch 1000 for twice the steps of batch 2000, with a smaller filter
+    # step to match (reports/bench/fast_training_quick.json).
     "quick": FastConfig(
         name="quick",
-        epochs=5.0,
-        low_res_epochs=2,
+        epochs=4.0,
+        low_res_epochs=1,
         widths=(32, 128, 128),
-        batch_size=512,
+        batch_size=1000,
         whiten_bias_epochs=2,
+        optimizer="muon",
+        muon_lr=0.2,
+        lookahead_every=0,
+        lr_start=1.0,
+        lr_peak=0.01,
+        lr_end=0.0,
+        logit_scale=1 / 128,
+        head_unit_init=True,
     ),
-    # Measured on a 2-core AVX2 machine: mean 89.70% over 3 seeds, just short of the bar; the
-    # first fix to try is one more cheap 24px epoch (epochs=6, low_res_epochs=3), unmeasured.
 }
 
 
