@@ -6,8 +6,9 @@
 The backbone of `mobilenet_v2_transfer` is frozen (weights and BatchNorm statistics), so its
 pooled 1280-d features of every image are a fixed function of the image. `train_transfer`
 computes them once per split and stores them as `.npy` under
-`<data cache>/features/mobilenet_v2-<weights sha>-96px-<dtype>/`, then trains the 165K-parameter
-head on the cached vectors, which takes seconds per epoch instead of a backbone pass per step.
+`<data cache>/features/mobilenet_v2-<weights sha>-<image size>px-<dtype>/`, then trains the
+165K-parameter head on the cached vectors, which takes seconds per epoch instead of a backbone
+pass per step.
 Horizontal-flip augmentation is kept by also caching the features of the mirrored training
 images and picking one of the two per image and epoch.
 
@@ -65,6 +66,10 @@ class TransferConfig:
     # reports/bench/transfer_features.json. float32 only.
     feature_backend: str = "onnxruntime"  # onnxruntime | torch
     extract_batch_size: int = 250
+    # Pixels the 32x32 images are resized to before the backbone: 96 is the seed study's;
+    # torchvision's weights were trained at 224, so larger inputs give better frozen features
+    # at (size/96)^2 times the extraction cost.
+    image_size: int = 96
     seed: int = 0
 
 
@@ -104,13 +109,14 @@ def _atomic_write(path: Path, text: str) -> None:
 # ---------------------------------------------------------------- feature cache
 
 
-def feature_dir(cache_dir: str | os.PathLike[str] | None, weights_sha: str, dtype: str) -> Path:
-    """Folder of cached features for one backbone (weights sha) and compute dtype."""
+def feature_dir(
+    cache_dir: str | os.PathLike[str] | None, weights_sha: str, dtype: str, image_size: int = 96
+) -> Path:
+    """Folder of cached features for one backbone (weights sha), input size and compute dtype."""
     from cifarlab.data import default_cache_dir
-    from cifarlab.models.mobilenet import INPUT_SIZE
 
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return root / "features" / f"mobilenet_v2-{weights_sha[:16]}-{INPUT_SIZE}px-{dtype}"
+    return root / "features" / f"mobilenet_v2-{weights_sha[:16]}-{image_size}px-{dtype}"
 
 
 def _onnx_feature_session(model: Any) -> Any:
@@ -256,9 +262,18 @@ def train_transfer(
         raise TransferError(
             f"epochs and batch size must be >= 1, got {cfg.epochs}, {cfg.batch_size}"
         )
+    if not 32 <= cfg.image_size <= 512:
+        raise TransferError(
+            f"--image-size must be 32..512 pixels (96 is the seed study's), got {cfg.image_size}"
+        )
     # Build first: a missing or wrong weights file must fail before any run folder exists.
     set_seed(cfg.seed)  # Python, numpy and torch, as `cifarlab train` does
-    model = get_model("mobilenet_v2_transfer", pretrained=pretrained, weights=cfg.weights)
+    model = get_model(
+        "mobilenet_v2_transfer",
+        pretrained=pretrained,
+        weights=cfg.weights,
+        input_size=cfg.image_size,
+    )
     run = Path(cfg.runs_dir) / cfg.name
     run.mkdir(parents=True, exist_ok=True)
     env = env_info()
@@ -269,7 +284,7 @@ def train_transfer(
 
     # A random backbone gets its own cache key so it never mixes with real features.
     weights_key = WEIGHTS_SHA256 if pretrained else f"random-seed{cfg.seed}"
-    folder = feature_dir(cfg.cache_dir, weights_key, cfg.feature_dtype)
+    folder = feature_dir(cfg.cache_dir, weights_key, cfg.feature_dtype, cfg.image_size)
     if data is None:
         from cifarlab.data import load_split
 
@@ -370,7 +385,7 @@ def train_transfer(
     meta_base = {
         "model": "mobilenet_v2_transfer",
         # The checkpoint holds the whole network, so rebuilding needs no ImageNet file.
-        "model_kwargs": {"pretrained": False},
+        "model_kwargs": {"pretrained": False, "input_size": cfg.image_size},
         "classes": list(CLASSES),
         "config": {"model": "mobilenet_v2_transfer", **asdict(cfg)},
         "params_total": total,
@@ -429,7 +444,12 @@ def finetune(cfg: FinetuneConfig, data: Any = None) -> Path:
             f"--finetune-from {parent} holds a {parent_meta.get('model')!r} run; pass a "
             "mobilenet_v2_transfer run (train one with `cifarlab transfer`)"
         )
-    kwargs = {"pretrained": False, "trainable_from": cfg.trainable_from}
+    kwargs = {
+        "pretrained": False,
+        "trainable_from": cfg.trainable_from,
+        # Fine-tune at the parent's input size (runs from before the field existed used 96).
+        "input_size": int(parent_meta.get("model_kwargs", {}).get("input_size", 96)),
+    }
     model = get_model("mobilenet_v2_finetune", **kwargs)
     model.load_state_dict(head_model.state_dict())
     tcfg = TrainConfig(

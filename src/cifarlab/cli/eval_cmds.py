@@ -54,6 +54,12 @@ def register(sub: Any) -> None:
         action=argparse.BooleanOptionalAction,
         help="torch backend: channels_last memory format for extraction (default off)",
     )
+    t.add_argument(
+        "--image-size",
+        type=int,
+        metavar="PX",
+        help="resize the 32x32 images to PX x PX for the backbone (default 96, the seed study's)",
+    )
     t.add_argument("--seed", type=int)
     t.add_argument("--finetune-from", metavar="RUN", help="fine-tune this transfer run instead")
     t.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default 1)")
@@ -133,6 +139,7 @@ def run_transfer(args: argparse.Namespace) -> int:
             "feature_dtype": args.feature_dtype,
             "feature_backend": args.feature_backend,
             "channels_last": args.channels_last,
+            "image_size": args.image_size,
             "seed": args.seed,
         }
         if args.threads:
