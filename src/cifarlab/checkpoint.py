@@ -19,10 +19,13 @@ silently mixed checkpoint. Nothing here unpickles anything.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
 import logging
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,12 +34,6 @@ import torch
 from torch import nn
 
 from cifarlab.errors import CifarlabError
-
-# The one atomic writer lives in the torch-free `cifarlab.io`; re-exported for callers here.
-from cifarlab.io import atomic_write_bytes as _atomic_write_bytes
-from cifarlab.io import atomic_write_text as atomic_write_text
-from cifarlab.io import give_default_mode as give_default_mode
-from cifarlab.io import write_json_atomic as write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +52,49 @@ def _paths(stem: Path | str) -> tuple[Path, Path]:
     if stem.suffix in (".json", ".safetensors"):
         stem = stem.with_suffix("")
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def give_default_mode(path: Path | str) -> None:
+    """Give `path` the mode `open()` would have created it with (0666 minus the umask).
+
+    `tempfile.mkstemp` creates private 0600 files; files renamed into place from one should
+    be readable like any other (e.g. the serving container reads models as a non-root user).
+    """
+    os.chmod(path, 0o666 & ~_process_umask())
+
+
+@functools.cache
+def _process_umask() -> int:
+    # Reading the umask means setting it; do that once, not on every write, so other threads
+    # creating files have (at most) one instant in which the umask is 0.
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        give_default_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temporary file and a rename (used for run-folder files)."""
+    _atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write `data` as indented JSON (with a final newline) via `atomic_write_text`."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _sha256(data: bytes) -> str:

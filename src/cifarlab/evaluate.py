@@ -19,6 +19,7 @@ Writes `eval.json` and `confusion_matrix.png` into the run folder. Definitions
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -32,7 +33,6 @@ import numpy as np
 
 from cifarlab.constants import CLASSES
 from cifarlab.errors import CifarlabError
-from cifarlab.io import write_json_atomic as write_json_atomic  # report.py imports it here
 from cifarlab.preprocess import normalize
 from cifarlab.runinfo import hardware_line
 
@@ -200,6 +200,13 @@ def overfitting_gap(
     train, val = row.get("train_acc"), row.get("val_acc")
     gap = train - val if train is not None and val is not None else None
     return gap, train, val
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write `data` as indented JSON via `checkpoint.atomic_write_text` (report.py uses it)."""
+    from cifarlab.checkpoint import atomic_write_text  # unique temp name, fsync, rename
+
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def onnx_session(model: Any) -> Any:
