@@ -107,12 +107,12 @@ def git_sha() -> str | None:
 
 
 def git_state() -> dict[str, Any]:
-    """`{"commit", "dirty"}`: dirty when tracked files outside `reports/` differ from HEAD.
+    """`{"commit", "dirty"}`: dirty when tracked files that can change a result differ from HEAD.
 
-    Results written under `reports/` by earlier runs don't count: they are outputs, not code.
-    Outside a git checkout both are None."""
+    Results under `reports/` (outputs of earlier runs) and markdown prose don't count; code,
+    configs, scripts and the bundled model do. Outside a git checkout both are None."""
     commit = git_sha()
-    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!reports")
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!reports", ":!*.md")
     dirty = None if commit is None or status is None else bool(status.strip())
     return {"commit": commit, "dirty": dirty}
 
