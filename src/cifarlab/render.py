@@ -477,3 +477,35 @@ def _docker_smoke(root: Path) -> str:
         f"{made_by(d)}; record `reports/bench/docker-smoke.json`.",
     ]
     return "\n".join(rows)
+
+
+@fragment("serving-readme")
+def _serving_readme(root: Path) -> str:
+    d = load(root, "reports/bench/serving.json")
+    meta = load(root, "src/cifarlab/serve/models/default.json")
+    onnx = root / "src/cifarlab/serve/models/default.onnx"
+    by_c = {p["concurrency"]: p for p in d["predict"]}
+    c32, c1, naive = by_c[32], by_c[1], d.get("naive")
+    speedup = (
+        f", {c32['req_per_s'] / naive['req_per_s']:.1f}x a one-call-per-request service"
+        if naive
+        else ""
+    )
+    return (
+        f"with the bundled model (`{meta['name']}`, {pct(meta['test_accuracy'])} test accuracy "
+        f"in its metadata, TTA {meta['tta']}, {onnx.stat().st_size / 1e6:.1f} MB ONNX), "
+        f"`/predict` served a median {c32['req_per_s']:.0f} req/s at 32 concurrent clients "
+        f"with p99 {c32['p99_ms']:.0f} ms{speedup}, and p50 {c1['p50_ms']:.1f} ms at one "
+        f"client ({made_by(d)}). {_serving_summary(root)}"
+    )
+
+
+@fragment("tta-gain")
+def _tta_gain(root: Path) -> str:
+    d = load(root, "reports/bench/fast_training_quick.json")
+    gains = [r["test_accuracy"] - r["test_accuracy_no_tta"] for r in d["runs"]]
+    return (
+        f"{100 * statistics.mean(gains):.2f} points of test accuracy (mean over the "
+        f"{len(gains)} `quick` seeds in `reports/bench/fast_training_quick.json`, range "
+        f"{100 * min(gains):.2f}-{100 * max(gains):.2f})"
+    )
