@@ -113,6 +113,8 @@ def provenance_of(data: dict[str, Any]) -> dict[str, Any]:
 def machine(data: dict[str, Any]) -> str:
     """'Intel(R) Xeon(R) Processor, 2 cores, AMX bf16' from a result's hardware record."""
     hw = provenance_of(data).get("hardware") or {}
+    if isinstance(hw, str):  # files from before the one format: a line of text
+        return hw
     cpu = hw.get("cpu", "unknown CPU")
     cores = hw.get("cores", hw.get("cpus", "?"))
     if hw.get("amx_bf16"):
@@ -363,8 +365,13 @@ def _fast_quick(root: Path) -> str:
 def _fast_fast94(root: Path) -> str:
     d = load(root, "reports/bench/fast_training.json")
     n = len(d["runs"])
+    if n == 1:
+        return (
+            f"{pct(d['mean_accuracy'])} (one seed) in {duration(d['median_wall_seconds'])} "
+            f"({made_by(d)})"
+        )
     return (
-        f"{pct(d['mean_accuracy'])} (mean over {n} seed{'s' if n > 1 else ''}) in a median "
+        f"{pct(d['mean_accuracy'])} (mean over {n} seeds) in a median "
         f"{duration(d['median_wall_seconds'])} ({made_by(d)})"
     )
 
