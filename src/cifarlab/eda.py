@@ -13,7 +13,6 @@ are exact and the channel figure shows the same numbers as the JSON.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from cifarlab import __version__
+from cifarlab import __version__, runinfo
 from cifarlab.constants import CLASSES, NUM_CLASSES
 from cifarlab.data import StrPath, load_split
 
@@ -194,19 +193,6 @@ def plot_channels(hist: np.ndarray, path: Path, title_images: int) -> Path:
 # Entry point
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def run(
     out: StrPath = "reports",
     cache_dir: StrPath | None = None,
@@ -259,5 +245,5 @@ def run(
         "figures": [p.relative_to(out).as_posix() for p in written],
     }
     json_path = out / "eda.json"
-    _write_json(json_path, payload)
+    runinfo.write_result(json_path, payload)  # + the provenance block (command, git, date, ...)
     return [*written, json_path]

@@ -516,3 +516,48 @@ def _tta_gain(root: Path) -> str:
         f"{len(gains)} `quick` seeds in `reports/bench/fast_training_quick.json`, range "
         f"{100 * min(gains):.2f}-{100 * max(gains):.2f})"
     )
+
+
+@fragment("train-speed")
+def _train_speed(root: Path) -> str:
+    d = load(root, "reports/bench/train_speed.json")
+    cells: dict[str, dict[tuple[bool, bool], float]] = {}
+    for r in d["results"]:
+        cells.setdefault(r["model"], {})[(r["bf16"], r["channels_last"])] = r["images_per_s"]
+    rows = [
+        "| model | fp32 | fp32 + channels_last | bf16 autocast | bf16 + channels_last |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for model, c in cells.items():
+        vals = [c.get(k) for k in ((False, False), (False, True), (True, False), (True, True))]
+        rows.append(f"| {model} | " + " | ".join(f"{v:.0f} img/s" for v in vals if v) + " |")
+    rows += [
+        "",
+        f"Training steps of batch {d['batch_size']}, Adam, {d['steps']} timed steps per cell; "
+        f"{made_by(d)}.",
+    ]
+    return "\n".join(rows)
+
+
+@fragment("seed-runs")
+def _seed_runs(root: Path) -> str:
+    from cifarlab.report import REFERENCE
+
+    rows = [
+        "| model | epochs | best epoch | val acc | test acc | test loss | train time | floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    res = {m["name"]: m for m in load(root, "reports/results.json")["models"]}
+    for name in ("baseline_cnn", "augmented_cnn"):
+        ev, m = _run_eval(root, name), res[name]
+        config = load(root, f"reports/runs/{name}/config.json")
+        floor = REFERENCE[name][0]
+        diff = ev["test_accuracy"] - floor
+        rows.append(
+            f"| {name} | {config['epochs']} | {ev['epoch']} | "
+            f"{pct(ev.get('val_accuracy_at_epoch'))} | "
+            f"{pct(ev['test_accuracy'])} | {ev['test_loss']:.3f} | "
+            f"{duration(m['train_seconds'])} | {pct(floor)} "
+            f"({'met' if diff >= 0 else 'missed'}, {100 * diff:+.2f}) |"
+        )
+    return "\n".join(rows)

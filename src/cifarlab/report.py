@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from cifarlab.errors import CifarlabError
-from cifarlab.evaluate import CONFUSION_FILE, EVAL_FILE, write_json_atomic
-from cifarlab.runinfo import git_sha, hardware_line
+from cifarlab.evaluate import CONFUSION_FILE, EVAL_FILE
+from cifarlab.runinfo import git_sha, hardware_line, write_result
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +399,8 @@ def build_report(
         dest.mkdir(parents=True, exist_ok=True)
         for fname in COPIED_FILES:
             src = Path(r["path"]) / fname
-            if src.is_file():
+            # Reporting committed run folders (`cifarlab report reports/runs/*`) copies nothing.
+            if src.is_file() and (dest / fname).resolve() != src.resolve():
                 shutil.copyfile(src, dest / fname)
         if r["metrics"]:
             plot_curves(r["name"], r["metrics"], dest / CURVES_FILE)
@@ -411,7 +412,7 @@ def build_report(
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_sha": git_sha(),
     }
-    write_json_atomic(out / "results.json", results)
+    results = write_result(out / "results.json", results)  # + the provenance block
     eda = sorted(f"figures/{p.name}" for p in figs.glob("*.png") if p.name not in OWN_FIGURES)
     notes_path = out / "NOTES.md"
     notes = notes_path.read_text() if notes_path.is_file() else ""
