@@ -237,8 +237,8 @@ def _study(root: Path) -> str:
     res = load(root, "reports/results.json")
     rows = [
         "| model | test acc | floor (seed study) | test loss | ECE (after temperature) | "
-        "train wall time |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "train wall time | machine |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for m in res["models"]:
         ev = _run_eval(root, m["name"])
@@ -253,7 +253,7 @@ def _study(root: Path) -> str:
             f"| `{m['name']}` ({m['params_total']:,} params, {m['params_trainable']:,} "
             f"trainable) | **{pct(m['test_accuracy'])}** | {floor} | {m['test_loss']:.3f} | "
             f"{m['ece']:.3f} ({ev['ece_after_temperature']:.3f}) | "
-            f"{duration(m['train_seconds'])} |"
+            f"{duration(m['train_seconds'])} | {str(ev.get('hardware', '?')).split(',')[0]} |"
         )
     rows += ["", f"Rendered from `reports/results.json` (`cifarlab report`, {res['date'][:10]})."]
     return "\n".join(rows)
