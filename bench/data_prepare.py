@@ -5,7 +5,7 @@
 Cold: folder source -> verified, parsed, split cache in a fresh temp dir. Warm: a second
 `prepare` that re-hashes the cache against its manifest. Also times `load_split` per split.
 Source: `--source`, else `$CIFARLAB_DATA_SOURCE`, else `../shared/datasets/cifar-10-batches-bin`.
-Writes `reports/bench/data_prepare.json`.
+Writes `reports/bench/data_prepare.json` (with the `cifarlab.runinfo` provenance block).
 """
 
 from __future__ import annotations
@@ -13,17 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-
-import numpy as np
 
 from cifarlab import data, runinfo
 
@@ -64,21 +59,14 @@ def main() -> int:
         return {"median_s": round(statistics.median(xs), 3), "min_s": round(min(xs), 3)}
 
     result = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "hardware": runinfo.hardware(),
-        "versions": {"python": platform.python_version(), "numpy": np.__version__},
+        "benchmark": "data_prepare",
         "repeats": args.repeats,
         "note": "shared 2-core machine; run under the CPU lock so no other heavy job overlaps",
         "prepare_cold": summary(cold),
         "prepare_warm_verify": summary(warm),
         "load_split": {s: summary(v) for s, v in loads.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    tmp_out.replace(args.out)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(runinfo.write_result(args.out, result), indent=2))
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -61,19 +60,8 @@ def main() -> int:
         name: [measure(args.model, spin, stop, 1, 200), measure(args.model, spin, stop, 32, 40)]
         for name, (spin, stop) in SETTINGS.items()
     }
-    out = {
-        "benchmark": "ort_spin",
-        "command": "python bench/ort_spin.py",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "hardware": runinfo.hardware(),
-        "onnxruntime": ort.__version__,
-        "model": args.model.name,
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(args.out)
+    out = {"benchmark": "ort_spin", "model": args.model.name, "results": results}
+    runinfo.write_result(args.out, out)  # + command as run, git, date, hardware, versions
     print(json.dumps(results, indent=2))
     return 0
 

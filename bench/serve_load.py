@@ -19,8 +19,9 @@ floor, the model and the service alike instead of skewing their ratio.
 
 Servers run as uvicorn subprocesses on 127.0.0.1 (loopback only); the load comes from `wrk`
 (Debian package `wrk`) with a Lua script that posts the multipart body. Every run is bounded
-in time. Results go to `reports/bench/serving.json` and the table in `docs/serving.md`
-(between the `bench:serving` markers).
+in time. Results go to `reports/bench/serving.json` (with `cifarlab.runinfo`'s provenance
+block); the table in `docs/serving.md` and the README's summary are then re-rendered from it
+by `cifarlab.render` (`cifarlab render`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import re
 import shutil
 import socket
@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,6 @@ from cifarlab import runinfo
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_JSON = REPO / "reports" / "bench" / "serving.json"
-DOCS = REPO / "docs" / "serving.md"
 BOUNDARY = "cifarlabbenchboundary"
 TARGET_CEILING_FRACTION = 0.80  # at concurrency 32
 TARGET_P99_MS = 150.0  # at concurrency 32
@@ -244,81 +242,25 @@ def model_alone(model: Path, threads: int, seconds: float, batch: int = 32) -> d
     }
 
 
-def hardware() -> dict[str, Any]:
+def tools() -> dict[str, Any]:
+    """Versions of the serving stack and the load generator (the rest is in `provenance`)."""
     import fastapi
-    import onnxruntime
     import uvicorn
 
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
     return {
-        **runinfo.hardware(),
-        "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__,
         "fastapi": fastapi.__version__,
         "uvicorn": uvicorn.__version__,
         "load_generator": wrk.strip() or "wrk",
     }
 
 
-def markdown_table(result: dict[str, Any]) -> str:
-    floor, model, ceiling = result["floor"], result["model_alone"], result["ceiling_req_per_s"]
-    rows = [
-        "| what | concurrency | req/s (img/s) | p50 ms | p99 ms | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-        f"| framework floor (bare FastAPI upload) | {floor['concurrency']} | "
-        f"{floor['req_per_s']:.0f} | {floor['p50_ms']} | {floor['p99_ms']} | {floor['errors']} |",
-        f"| ONNX Runtime alone, batch {model['batch_size']} | - | "
-        f"{model['images_per_s']:.0f} img/s | - | - | - |",
-        f"| ceiling 1/(1/floor + 1/model) | - | {ceiling:.0f} | - | - | - |",
-    ]
-    for r in result["predict"]:
-        rows.append(
-            f"| `/predict`, dynamic batching | {r['concurrency']} | {r['req_per_s']:.0f} | "
-            f"{r['p50_ms']} | {r['p99_ms']} | {r['errors']} |"
-        )
-    if result.get("naive"):
-        r = result["naive"]
-        rows.append(
-            f"| `/predict`, one model call per request | {r['concurrency']} | "
-            f"{r['req_per_s']:.0f} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |"
-        )
-    t, settings = result["targets"], result["settings"]
-    rows += [
-        "",
-        f"Model `{model['model']}` (version {model['model_version']}, TTA {model['tta']}); "
-        f"{result['hardware']['cores']} cores ({result['hardware']['cpu']}); "
-        f"{result['date']}; medians of {settings.get('repeats', 1)} interleaved rounds of "
-        f"{settings['seconds_per_run']:g} s. At concurrency 32: "
-        f"{t['c32_fraction_of_ceiling']:.0%} of the ceiling "
-        f"(target >= {TARGET_CEILING_FRACTION:.0%}: "
-        f"{'met' if t['c32_fraction_met'] else 'missed'}), p99 {t['c32_p99_ms']} ms (target "
-        f"<= {TARGET_P99_MS:g}: {'met' if t['c32_p99_met'] else 'missed'}); at concurrency "
-        f"1: p50 {t['c1_p50_ms']} ms (target <= {TARGET_P50_C1_MS:g}: "
-        f"{'met' if t['c1_p50_met'] else 'missed'}).",
-        f"Command: `{result['command']}`.",
-    ]
-    return "\n".join(rows)
+def update_docs() -> None:
+    """Re-render the docs' number blocks (the table in docs/serving.md) from the JSON."""
+    from cifarlab.render import render
 
-
-def update_docs(table: str) -> None:
-    start, end = "<!-- bench:serving:start -->", "<!-- bench:serving:end -->"
-    if not DOCS.is_file():
-        print(f"{DOCS} missing; table not written there", file=sys.stderr)
-        return
-    text = DOCS.read_text()
-    if start not in text or end not in text:
-        print(f"{DOCS} has no {start} ... {end} markers; table not written", file=sys.stderr)
-        return
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    write_atomic(DOCS, f"{head}{start}\n{table}\n{end}{tail}")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    for path in render(REPO):
+        print(f"rendered {path}")
 
 
 def main() -> int:
@@ -336,15 +278,15 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--no-naive", action="store_true", help="skip the batch-size-1 comparison")
     p.add_argument("--out", type=Path, default=OUT_JSON)
-    p.add_argument("--no-docs", action="store_true", help="do not update docs/serving.md")
+    p.add_argument("--no-docs", action="store_true", help="do not re-render the docs")
     p.add_argument(
-        "--render", type=Path, default=None, help="only write the docs table from this JSON"
+        "--render", action="store_true", help="only re-render the docs from the committed JSON"
     )
     args = p.parse_args()
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
-    if args.render is not None:
-        update_docs(markdown_table(json.loads(args.render.read_text())))
+    if args.render:
+        update_docs()
         return 0
     if shutil.which("wrk") is None:
         print("wrk not found: install it (Debian: apt-get install wrk)", file=sys.stderr)
@@ -422,12 +364,13 @@ def main() -> int:
         "c1_p50_ms": c1["p50_ms"] if c1 else None,
         "c1_p50_met": bool(c1 and c1["p50_ms"] <= TARGET_P50_C1_MS),
         "c32_fraction_per_round": per_round,
+        "c32_target": TARGET_CEILING_FRACTION,
+        "c32_p99_target_ms": TARGET_P99_MS,
+        "c1_p50_target_ms": TARGET_P50_C1_MS,
     }
     result = {
         "benchmark": "serve_load",
-        "command": " ".join(["python", *[os.path.relpath(sys.argv[0], REPO)], *sys.argv[1:]]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "hardware": hardware(),
+        "tools": tools(),
         "image": "32x32 RGB PNG, multipart field 'file'",
         "body_bytes": len(body),
         "settings": {
@@ -446,12 +389,10 @@ def main() -> int:
         "targets": targets,
         "rounds": rounds,
     }
-    write_atomic(args.out, json.dumps(result, indent=2) + "\n")
+    runinfo.write_result(args.out, result)
     print(f"wrote {args.out}")
-    table = markdown_table(result)
-    print(table)
     if not args.no_docs:
-        update_docs(table)
+        update_docs()
     return 0
 
 

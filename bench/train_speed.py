@@ -9,19 +9,14 @@ engine's defaults (`TrainConfig.bf16`, `.channels_last`) follow these numbers.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import sys
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from cifarlab import runinfo
 from cifarlab.engine import prepare_batch
 from cifarlab.models import get_model
-from cifarlab.runinfo import cpu_name
 from cifarlab.transforms import get_preset
 
 
@@ -71,23 +66,13 @@ def main() -> None:
                 )
                 print(results[-1], flush=True)
     out = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "hardware": {
-            "cpu": cpu_name(),
-            "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(),
-        },
-        "torch": torch.__version__,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "benchmark": "train_speed",
+        "torch_threads": torch.get_num_threads(),
         "batch_size": args.batch,
         "steps": args.steps,
         "results": results,
     }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(path)
+    runinfo.write_result(args.out, out)  # + command as run, git, date, hardware, versions
 
 
 if __name__ == "__main__":

@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +34,7 @@ def main() -> int:
     from cifarlab.data import load_split
     from cifarlab.models import get_model
     from cifarlab.preprocess import normalize
-    from cifarlab.runinfo import hardware
+    from cifarlab.runinfo import write_result
 
     images, _ = load_split("test")
     x = torch.from_numpy(normalize(images[: args.images]))
@@ -107,22 +103,13 @@ def main() -> int:
 
     out = {
         "benchmark": "mobilenet_v2 frozen-backbone feature extraction (96x96 input)",
-        "command": " ".join(["python", *sys.argv]),
-        "hardware": hardware(),
         "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "images": len(x),
         "batch_size": args.batch_size,
         "results": results,
     }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    os.replace(tmp, path)
-    print(f"wrote {path}")
+    write_result(args.out, out)  # + command as run, git, date, hardware, versions
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -118,12 +118,14 @@ size_mb=$(( size / 1000000 ))
 say "OK: image $IMAGE is ${size_mb} MB, built in ${build_seconds} s, runs as uid $uid, HEALTHCHECK $health"
 if [ -n "${SMOKE_JSON:-}" ]; then
   mkdir -p "$(dirname "$SMOKE_JSON")"
-  python3 - "$SMOKE_JSON" "$ENGINE" "$IMAGE" "$size" "$build_seconds" "$uid" "$tmp/predict.json" <<'PY'
-import datetime, json, os, platform, subprocess, sys
+  # The record goes through cifarlab.runinfo (command, git commit, date, hardware, versions).
+  py=.venv/bin/python; [ -x "$py" ] || py=python3
+  PYTHONPATH=src "$py" - "$SMOKE_JSON" "$ENGINE" "$IMAGE" "$size" "$build_seconds" "$uid" "$tmp/predict.json" <<'PY'
+import json, subprocess, sys
+from cifarlab.runinfo import write_result
 out, engine, image, size, seconds, uid, predict = sys.argv[1:]
 record = {
-    "command": "scripts/docker-smoke.sh",
-    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "benchmark": "docker_smoke",
     "engine": engine,
     "engine_version": subprocess.run([engine, "--version"], capture_output=True, text=True).stdout.strip(),
     "image": image,
@@ -131,13 +133,9 @@ record = {
     "build_seconds": int(seconds),
     "container_uid": int(uid),
     "predict": json.load(open(predict)),
-    "hardware": {"machine": platform.machine(), "cpus": os.cpu_count()},
     "result": "pass",
 }
-tmp = out + ".tmp"
-with open(tmp, "w") as fh:
-    json.dump(record, fh, indent=2)
-os.replace(tmp, out)
+write_result(out, record, command=f"SMOKE_JSON={out} scripts/docker-smoke.sh")
 PY
   say "wrote $SMOKE_JSON"
 fi

@@ -34,15 +34,37 @@ def fake_loader(split: str, cache_dir: object = None) -> tuple[np.ndarray, np.nd
     return SPLITS[split]
 
 
-def test_stats_equal_numpy_population_mean_and_std() -> None:
-    images, _ = SPLITS["train_full"]
+def test_stats_of_a_hand_checkable_image_set() -> None:
+    # Channel R: half 0, half 255 -> mean 127.5, population std 127.5 (sample std would differ).
+    # Channel G: all 10 -> mean 10, std 0. Channel B: values 0, 1, 2, 3 equally -> mean 1.5,
+    # std sqrt(1.25).
+    images = np.zeros((2, 2, 2, 3), dtype=np.uint8)
+    images[0, ..., 0] = 255
+    images[..., 1] = 10
+    images[..., 2] = np.array([[0, 1], [2, 3]], dtype=np.uint8)
     stats = eda.channel_stats(images)
-    pixels = images.reshape(-1, 3).astype(np.float64)
-    assert np.allclose(stats["mean_full_precision"], pixels.mean(axis=0), atol=1e-9)
-    assert np.allclose(stats["std_full_precision"], pixels.std(axis=0, ddof=0), atol=1e-9)
-    assert stats["mean"] == [round(v, 2) for v in stats["mean_full_precision"]]
-    assert stats["images"] == 100
-    assert stats["mean"][2] < stats["mean"][0]  # the halved blue channel
+    assert stats["images"] == 2
+    np.testing.assert_allclose(stats["mean_full_precision"], [127.5, 10.0, 1.5])
+    np.testing.assert_allclose(stats["std_full_precision"], [127.5, 0.0, 1.25**0.5])
+    assert stats["mean"] == [127.5, 10.0, 1.5]
+
+
+@pytest.mark.real_data
+def test_real_training_set_matches_the_published_cifar10_statistics(
+    cifar_source: Path, tmp_path: Path
+) -> None:
+    from cifarlab import data
+
+    data.prepare(cifar_source, tmp_path, progress=False)
+    images, _ = data.load_split("train_full", tmp_path)
+    stats = eda.channel_stats(images)
+    # Published (0-1 scale): mean (0.4914, 0.4822, 0.4465), std (0.2470, 0.2435, 0.2616).
+    np.testing.assert_allclose(
+        np.asarray(stats["mean_full_precision"]) / 255, [0.4914, 0.4822, 0.4465], atol=1e-4
+    )
+    np.testing.assert_allclose(
+        np.asarray(stats["std_full_precision"]) / 255, [0.2470, 0.2435, 0.2616], atol=1e-4
+    )
 
 
 def test_histograms_count_every_pixel_per_channel() -> None:

@@ -4,13 +4,12 @@
 
 Registry models are exported with random weights (parity does not need training); the parity
 check on 1,000 real test images uses the `cifar_source` fixture, prepared into a temp cache.
-A trained run is exported too: `CIFARLAB_EXPORT_RUN`, a run under `runs/`, or a short real run.
+A trained run is exported too: a short real run trained by the test itself.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -198,15 +197,20 @@ def test_cli_export_of_a_missing_run_is_one_clear_error(
 
 
 @pytest.fixture(scope="module")
-def real_test_images(cifar_source: Path, tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+def real_cache(cifar_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache prepared here from the real files (about a second), never the user's cache."""
     from cifarlab import data
 
-    try:  # reuse a prepared default cache when there is one (much faster) ...
-        images, _ = data.load_split("test")
-    except Exception:  # ... else prepare the real files into a temp cache
-        cache = tmp_path_factory.mktemp("cache")
-        data.prepare(cifar_source, cache, progress=False)
-        images, _ = data.load_split("test", cache)
+    cache = tmp_path_factory.mktemp("cache")
+    data.prepare(cifar_source, cache, progress=False)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def real_test_images(real_cache: Path) -> np.ndarray:
+    from cifarlab import data
+
+    images, _ = data.load_split("test", real_cache)
     return images[:1000]
 
 
@@ -245,18 +249,8 @@ def test_fastnet_exports_with_tta_and_parity_on_real_images(
     assert result.parity is not None and result.parity.passed, result.parity
 
 
-def _trained_run(cifar_source: Path, tmp_path: Path) -> Path:
-    """`CIFARLAB_EXPORT_RUN`, else a run under runs/, else a short real run trained here."""
-    env = os.environ.get("CIFARLAB_EXPORT_RUN")
-    if env:
-        return Path(env)
-    found = sorted(p.parent for p in (REPO / "runs").glob("*/best.safetensors"))
-    if found:
-        return found[0]
-    from cifarlab.data import prepare
-
-    cache = tmp_path / "cache"
-    prepare(source=cifar_source, cache_dir=cache, progress=False)
+def _trained_run(cache: Path, tmp_path: Path) -> Path:
+    """A short real run trained here: the test never depends on what happens to be in runs/."""
     run = tmp_path / "runs" / "short"
     args = ["train", "--model", "baseline_cnn", "--subset", "512", "--epochs", "1"]
     args += ["--batch-size", "64", "--run-dir", str(run), "--cache-dir", str(cache)]
@@ -266,8 +260,8 @@ def _trained_run(cifar_source: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.real_data
 def test_trained_run_exports_with_parity_on_1000_real_images(
-    real_test_images: np.ndarray, cifar_source: Path, tmp_path: Path
+    real_test_images: np.ndarray, real_cache: Path, tmp_path: Path
 ) -> None:
-    run = _trained_run(cifar_source, tmp_path)
+    run = _trained_run(real_cache, tmp_path)
     result = export_run(run, tmp_path / "trained.onnx", images=real_test_images)
     assert result.parity is not None and result.parity.passed, result.parity

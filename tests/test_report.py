@@ -66,7 +66,8 @@ def test_report_writes_markdown_results_and_figures(tmp_path: Path) -> None:
     report = build_report(runs_dir=runs, out_dir=out)
 
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"models", "hardware", "date", "git_sha"}
+    assert set(results) == {"models", "hardware", "date", "git_sha", "provenance"}
+    assert results["provenance"]["git"]["commit"] == results["git_sha"]
     assert [m["name"] for m in results["models"]] == [
         "baseline_cnn",
         "augmented_cnn",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from cifarlab.runs import train_seconds
 from cifarlab.transfer import (
     FinetuneConfig,
     TransferConfig,
+    TransferError,
     feature_dir,
     finetune,
     train_transfer,
@@ -139,7 +141,6 @@ def test_second_run_reuses_the_feature_cache(
         raise AssertionError("features were recomputed instead of read from the cache")
 
     monkeypatch.setattr("cifarlab.transfer.extract_features", boom)
-    from dataclasses import replace
 
     run = train_transfer(replace(cfg, name="b"), data=tiny_data, pretrained=False)
     assert (run / "best.safetensors").is_file()
@@ -258,3 +259,33 @@ def test_finetune_can_train_only_the_top_blocks() -> None:
     assert all(p.requires_grad for p in model.head.parameters())
     with pytest.raises(ValueError, match="start must be"):
         model.unfreeze_backbone(19)
+
+
+def test_image_size_keys_the_cache_and_rebuilds_from_the_checkpoint(
+    tmp_path: Path, tiny_data: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> None:
+    cfg = TransferConfig(
+        name="px64",
+        runs_dir=str(tmp_path / "runs"),
+        cache_dir=str(tmp_path / "cache"),
+        epochs=1,
+        batch_size=16,
+        flip=False,
+        image_size=64,
+    )
+    run = train_transfer(cfg, data=tiny_data, pretrained=False)
+    folder = feature_dir(cfg.cache_dir, "random-seed0", "float32", 64)
+    assert folder.name.endswith("-64px-float32")
+    assert (folder / "val.npy").is_file()
+    assert not feature_dir(cfg.cache_dir, "random-seed0", "float32").exists()  # 96 px untouched
+    model, meta = load_model_from_run(run, "best")
+    assert meta["model_kwargs"]["input_size"] == 64
+    assert model.to_backbone_input(torch.zeros(2, 3, 32, 32)).shape == (2, 3, 64, 64)
+    x = torch.from_numpy(
+        __import__("cifarlab.preprocess", fromlist=["normalize"]).normalize(tiny_data["val"][0])
+    )
+    with torch.inference_mode():  # the rebuilt model resizes to 64 px, as the cache did
+        via_cache = model.forward_head(torch.from_numpy(np.load(folder / "val.npy")))
+        torch.testing.assert_close(model(x), via_cache, atol=1e-4, rtol=1e-4)
+    with pytest.raises(TransferError, match="image-size"):
+        train_transfer(replace(cfg, image_size=16), data=tiny_data, pretrained=False)

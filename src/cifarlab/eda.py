@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from cifarlab import __version__
+from cifarlab import __version__, runinfo
 from cifarlab.constants import CLASSES, NUM_CLASSES
 from cifarlab.data import StrPath, load_split
-from cifarlab.io import save_figure, write_json_atomic
+from cifarlab.io import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -228,5 +228,5 @@ def run(
         "figures": [p.relative_to(out).as_posix() for p in written],
     }
     json_path = out / "eda.json"
-    write_json_atomic(json_path, payload)
+    runinfo.write_result(json_path, payload)  # + the provenance block (command, git, date, ...)
     return [*written, json_path]

@@ -211,12 +211,20 @@ class TransferConfig(Recipe):
         choices=("onnxruntime", "torch"),
     )
     extract_batch_size: int = opt(250, "images per backbone pass when caching features")
+    # 96 is the seed study's size; torchvision's weights were trained at 224, so larger inputs
+    # give better frozen features at (size/96)^2 times the extraction cost.
+    image_size: int = opt(96, "pixels the 32x32 images are resized to before the backbone")
 
     def validate(self) -> None:
         super().validate()
         if self.epochs < 1 or self.batch_size < 1:
             raise RecipeError(
                 f"epochs and batch size must be >= 1, got {self.epochs}, {self.batch_size}"
+            )
+        if not 32 <= self.image_size <= 512:
+            raise RecipeError(
+                f"--image-size must be 32..512 pixels (96 is the seed study's), "
+                f"got {self.image_size}"
             )
 
 

@@ -6,8 +6,9 @@
 The backbone of `mobilenet_v2_transfer` is frozen (weights and BatchNorm statistics), so its
 pooled 1280-d features of every image are a fixed function of the image. `train_transfer`
 computes them once per split and stores them as `.npy` under
-`<data cache>/features/mobilenet_v2-<weights sha>-96px-<dtype>/`, then trains the 165K-parameter
-head on the cached vectors, which takes seconds per epoch instead of a backbone pass per step.
+`<data cache>/features/mobilenet_v2-<weights sha>-<image size>px-<dtype>/`, then trains the
+165K-parameter head on the cached vectors, which takes seconds per epoch instead of a backbone
+pass per step.
 Horizontal-flip augmentation is kept by also caching the features of the mirrored training
 images and picking one of the two per image and epoch.
 
@@ -49,13 +50,14 @@ class TransferError(RecipeError):
 # ---------------------------------------------------------------- feature cache
 
 
-def feature_dir(cache_dir: str | os.PathLike[str] | None, weights_sha: str, dtype: str) -> Path:
-    """Folder of cached features for one backbone (weights sha) and compute dtype."""
+def feature_dir(
+    cache_dir: str | os.PathLike[str] | None, weights_sha: str, dtype: str, image_size: int = 96
+) -> Path:
+    """Folder of cached features for one backbone (weights sha), input size and compute dtype."""
     from cifarlab.data import default_cache_dir
-    from cifarlab.models.mobilenet import INPUT_SIZE
 
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return root / "features" / f"mobilenet_v2-{weights_sha[:16]}-{INPUT_SIZE}px-{dtype}"
+    return root / "features" / f"mobilenet_v2-{weights_sha[:16]}-{image_size}px-{dtype}"
 
 
 def _onnx_feature_session(model: Any) -> Any:
@@ -256,13 +258,18 @@ def train_transfer(
     with engine.runtime(cfg.precision, cfg.threads, cfg.progress) as rt:
         # Build first: a missing or wrong weights file must fail before any run folder exists.
         engine.set_seed(cfg.seed)  # Python, numpy and torch, as every recipe does
-        model = get_model("mobilenet_v2_transfer", pretrained=pretrained, weights=cfg.weights)
+        model = get_model(
+            "mobilenet_v2_transfer",
+            pretrained=pretrained,
+            weights=cfg.weights,
+            input_size=cfg.image_size,
+        )
         run = RunDir(Path(cfg.runs_dir) / cfg.name)
         config = {"model": "mobilenet_v2_transfer", **cfg.to_config()}
         engine.open_run(run, config, rt, resume, overwrite=True)
         # A random backbone gets its own cache key so it never mixes with real features.
         weights_key = WEIGHTS_SHA256 if pretrained else f"random-seed{cfg.seed}"
-        folder = feature_dir(cfg.cache_dir, weights_key, cfg.feature_dtype)
+        folder = feature_dir(cfg.cache_dir, weights_key, cfg.feature_dtype, cfg.image_size)
         if data is None:
             from cifarlab.data import load_split
 
@@ -286,7 +293,7 @@ def train_transfer(
             epochs=cfg.epochs,
             meta={
                 "model": "mobilenet_v2_transfer",
-                "model_kwargs": {"pretrained": False},
+                "model_kwargs": {"pretrained": False, "input_size": cfg.image_size},
                 "classes": list(CLASSES),
                 "config": config,
                 "backbone_weights_sha256": WEIGHTS_SHA256 if pretrained else None,
@@ -341,7 +348,12 @@ def finetune(
             f"--finetune-from {parent} holds a {parent_meta.get('model')!r} run; pass a "
             "mobilenet_v2_transfer run (train one with `cifarlab transfer`)"
         )
-    kwargs = {"pretrained": False, "trainable_from": cfg.trainable_from}
+    kwargs = {
+        "pretrained": False,
+        "trainable_from": cfg.trainable_from,
+        # Fine-tune at the parent's input size (runs from before the field existed used 96).
+        "input_size": int(parent_meta.get("model_kwargs", {}).get("input_size", 96)),
+    }
     model = get_model("mobilenet_v2_finetune", **kwargs)
     model.load_state_dict(head_model.state_dict())
     # Every setting both recipes have carries over; fine-tuning fixes the optimizer.

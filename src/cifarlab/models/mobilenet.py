@@ -13,8 +13,8 @@ Two registered variants share one module:
 
 Both keep the project's input contract: CIFAR-normalised `(B, 3, 32, 32)` in, logits
 `(B, 10)` out. Inside `forward` the input is converted to ImageNet normalisation and resized to
-96x96 (bilinear; upsampling, so antialiasing would change nothing and stays off), which keeps
-export and serving identical for every model.
+`input_size` x `input_size` (default 96, the seed study's; bilinear upsampling, so antialiasing
+would change nothing and stays off), which keeps export and serving identical for every model.
 
 ImageNet weights come through torchvision's weights API metadata
 (`MobileNet_V2_Weights.IMAGENET1K_V1`: its file name) and are looked up, in order, in
@@ -118,8 +118,12 @@ class MobileNetV2Transfer(nn.Module):
         freeze_backbone: bool = True,
         num_classes: int = NUM_CLASSES,
         trainable_from: int = 0,
+        input_size: int = INPUT_SIZE,
     ) -> None:
         super().__init__()
+        if not 32 <= input_size <= 512:
+            raise ValueError(f"input_size must be 32..512 pixels, got {input_size}")
+        self.input_size = input_size  # the backbone sees input_size x input_size images
         from torchvision.models import mobilenet_v2
 
         self.features = mobilenet_v2(weights=None).features
@@ -181,11 +185,11 @@ class MobileNetV2Transfer(nn.Module):
     def to_backbone_input(self, x: torch.Tensor) -> torch.Tensor:
         x = x * self.in_scale + self.in_shift  # (B, 3, 32, 32), ImageNet-normalised
         return F.interpolate(
-            x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=False
-        )  # (B, 3, 96, 96)
+            x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False, antialias=False
+        )  # (B, 3, S, S), S = input_size
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(self.to_backbone_input(x))  # (B, 1280, 3, 3)
+        x = self.features(self.to_backbone_input(x))  # (B, 1280, S/32, S/32)
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)  # (B, 1280)
 
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
