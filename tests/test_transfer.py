@@ -21,6 +21,7 @@ from cifarlab.models.mobilenet import (
     load_imagenet_state_dict,
     weights_filename,
 )
+from cifarlab.recipes import RecipeError
 from cifarlab.runs import train_seconds
 from cifarlab.transfer import (
     FinetuneConfig,
@@ -192,7 +193,6 @@ def test_finetune_rejects_a_non_transfer_run(
     tmp_path: Path, baseline_checkpoint_meta: dict[str, object]
 ) -> None:
     from cifarlab.checkpoint import save_checkpoint
-    from cifarlab.transfer import TransferError
 
     # A valid checkpoint of another registered model: it loads, so only the guard can object.
     run = tmp_path / "other"
@@ -287,5 +287,5 @@ def test_image_size_keys_the_cache_and_rebuilds_from_the_checkpoint(
     with torch.inference_mode():  # the rebuilt model resizes to 64 px, as the cache did
         via_cache = model.forward_head(torch.from_numpy(np.load(folder / "val.npy")))
         torch.testing.assert_close(model(x), via_cache, atol=1e-4, rtol=1e-4)
-    with pytest.raises(TransferError, match="image-size"):
+    with pytest.raises(RecipeError, match="image-size"):
         train_transfer(replace(cfg, image_size=16), data=tiny_data, pretrained=False)
