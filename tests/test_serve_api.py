@@ -483,14 +483,14 @@ def test_concurrent_requests_share_model_calls(tiny_model: Path) -> None:
     sizes: list[int] = []
     with TestClient(app) as c:
         service = app.state.service
-        real = service.predictor.predict_arrays
+        real = service.predictor.predict_normalized
 
         def slow(images: np.ndarray):  # type: ignore[no-untyped-def]
             sizes.append(len(images))
             time.sleep(0.2)  # a slow model, so that requests pile up behind it
             return real(images)
 
-        service.predictor.predict_arrays = slow
+        service.predictor.predict_normalized = slow
         with ThreadPoolExecutor(8) as pool:
             codes = list(
                 pool.map(
@@ -711,11 +711,11 @@ def test_a_model_failure_is_a_json_500_and_the_server_keeps_serving(tiny_model: 
     app = create_app(Settings(model_path=tiny_model))
     with TestClient(app, raise_server_exceptions=False) as c:
         service = app.state.service
-        real = service.predictor.predict_arrays
-        service.predictor.predict_arrays = lambda images: 1 / 0
+        real = service.predictor.predict_normalized
+        service.predictor.predict_normalized = lambda images: 1 / 0
         r = c.post("/predict", files={"file": ("a.png", png())})
         assert r.status_code == 500 and r.json()["detail"].startswith("internal error")
-        service.predictor.predict_arrays = real
+        service.predictor.predict_normalized = real
         assert c.post("/predict", files={"file": ("a.png", png())}).status_code == 200
 
 

@@ -46,9 +46,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cifarlab import __version__
+from cifarlab.constants import IMAGE_SIZE
 from cifarlab.serve.batching import BatcherClosedError, MicroBatcher
 from cifarlab.serve.imaging import ImageError, load_image
-from cifarlab.serve.predictor import Prediction, Predictor
+from cifarlab.serve.oip import OIPError, oip_error
+from cifarlab.serve.oip import router as oip_router
+from cifarlab.serve.predictor import Prediction, Predictor, preprocess
 from cifarlab.serve.settings import Settings
 from cifarlab.serve.uploads import Upload, UploadError, read_uploads
 
@@ -226,6 +229,24 @@ class MetricsMiddleware:
 # ---- the service -----------------------------------------------------------------------
 
 
+def prepare_batch(items: list[np.ndarray]) -> np.ndarray:
+    """uint8 `(32, 32, 3)` images and normalised float32 `(3, 32, 32)` tensors -> one batch.
+
+    Decoded uploads arrive as uint8 and are normalised together (one vectorised pass); Open
+    Inference Protocol clients send tensors that are already normalised.
+    """
+    if all(item.dtype == np.uint8 for item in items):
+        return preprocess(np.stack(items))
+    batch = np.empty((len(items), 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    images = [i for i, item in enumerate(items) if item.dtype == np.uint8]
+    if images:
+        batch[images] = preprocess(np.stack([items[i] for i in images]))
+    for i, item in enumerate(items):
+        if item.dtype != np.uint8:
+            batch[i] = item
+    return batch
+
+
 class Service:
     """What the endpoints need: settings, the loaded predictor, the batcher, the metrics."""
 
@@ -245,9 +266,9 @@ class Service:
     def ready(self) -> bool:
         return self.predictor is not None and self.batcher is not None and self.batcher.running
 
-    def _run_batch(self, images: np.ndarray) -> list[Prediction]:
+    def _run_batch(self, batch: np.ndarray) -> list[Prediction]:
         assert self.predictor is not None
-        results = self.predictor.predict_arrays(images)
+        results = self.predictor.predict_normalized(batch)
         self.metrics.images.inc(len(results))
         return results
 
@@ -272,6 +293,7 @@ class Service:
             max_wait_ms=s.max_wait_ms,
             on_batch=self.metrics.batch_size.observe,
             decode=self._load_image,
+            prepare=prepare_batch,
         )
         await batcher.start()
         # A pool of our own: `run_in_executor` costs less per call than anyio's
@@ -548,9 +570,11 @@ def create_app(settings: Settings | None = None, *, predictor: Predictor | None 
     )
     app.state.service = service
     app.include_router(router)
+    app.include_router(oip_router)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(UploadError, _upload_error)
+    app.add_exception_handler(OIPError, oip_error)
     app.add_exception_handler(ImageError, _image_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
