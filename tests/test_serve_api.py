@@ -793,3 +793,44 @@ def test_small_and_large_uploads_give_the_same_answer(tiny_model: Path) -> None:
         a = c.post("/predict", files={"file": ("big.png", big.getvalue())}).json()
         b = c.post("/predict", files={"file": ("small.png", small.getvalue())}).json()
     assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-9)
+
+
+def _urllib_upload(url: str, size: int) -> tuple[int, dict[str, str]]:
+    """POST a `size`-byte multipart upload with urllib (which writes the body before reading)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
+    body = head + b"\x89PNG" + bytes(size) + b"\r\n--b--\r\n"
+    req = urllib.request.Request(
+        url + "/predict", data=body, headers={"Content-Type": "multipart/form-data; boundary=b"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_urllib_client_reads_the_413_for_a_12_mb_upload(tiny_model: Path) -> None:
+    from live_server import live_server
+
+    settings = Settings(model_path=tiny_model, max_file_bytes=1_000_000)
+    with live_server(settings) as url:
+        for _ in range(3):  # and the server keeps answering afterwards
+            status, body = _urllib_upload(url, 12 * 1024 * 1024)
+            assert status == 413
+            assert "more than the" in body["detail"]
+        assert _urllib_upload(url, 100)[0] == 422  # a small (broken) PNG still gets its answer
+
+
+def test_413_drain_is_bounded_in_bytes(tiny_model: Path) -> None:
+    """Past `drain_max_bytes` the server stops reading: that client sees the connection drop."""
+    from live_server import live_server
+
+    settings = Settings(model_path=tiny_model, max_file_bytes=1_000_000, drain_max_bytes=2_000_000)
+    with live_server(settings) as url:
+        with pytest.raises(OSError):  # urllib: connection reset or broken pipe, no answer
+            _urllib_upload(url, 40 * 1024 * 1024)
+        assert _urllib_upload(url, 3 * 1024 * 1024)[0] == 413  # within the bound: answered

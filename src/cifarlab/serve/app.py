@@ -226,6 +226,88 @@ class MetricsMiddleware:
         return "/static" if path.startswith("/static/") else "unmatched"
 
 
+class DrainMiddleware:
+    """After an early error answer, read and drop the rest of the request body, bounded.
+
+    The server answers 413 as soon as an upload passes a limit, long before the body has
+    arrived. Clients that write the whole body before reading (Python's urllib, requests)
+    would then get a connection reset instead of the answer if the server closed at once.
+    So the answer is sent and flushed, the remaining body is read and discarded (at most
+    `max_bytes`, at most `timeout_s`), and only then is the response completed. A body
+    declared larger than `max_bytes` is not drained: that client gets the reset.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.max_bytes <= 0 or not _has_body(scope):
+            await self.app(scope, receive, send)
+            return
+        body_done = False
+        status = 0
+
+        async def receive_tracked() -> Message:
+            nonlocal body_done
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def send_then_drain(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif (
+                message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+                and not body_done
+                and status >= 400
+                and status != 408  # a slow sender: waiting for its body again helps no one
+                and _declared_length(scope) <= self.max_bytes
+            ):
+                await send({**message, "more_body": True})  # the answer goes out now
+                await self._drain(receive)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            await send(message)
+
+        await self.app(scope, receive_tracked, send_then_drain)
+
+    async def _drain(self, receive: Receive) -> None:
+        drained = 0
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while drained <= self.max_bytes:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return
+                    drained += len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        return
+        except TimeoutError:
+            pass
+        log.debug("stopped draining a refused request body after %d bytes", drained)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return bytes(value)
+    return None
+
+
+def _has_body(scope: Scope) -> bool:
+    return _declared_length(scope) > 0 or _header(scope, b"transfer-encoding") is not None
+
+
+def _declared_length(scope: Scope) -> int:
+    raw = _header(scope, b"content-length")
+    return int(raw) if raw is not None and raw.isdigit() else 0
+
+
 # ---- the service -----------------------------------------------------------------------
 
 
@@ -579,5 +661,8 @@ def create_app(settings: Settings | None = None, *, predictor: Predictor | None 
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
     known = frozenset(p for r in app.routes if "{" not in (p := getattr(r, "path", "{")))
+    app.add_middleware(
+        DrainMiddleware, max_bytes=settings.drain_max_bytes, timeout_s=settings.drain_timeout_s
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics_, known_paths=known)
     return app
