@@ -829,7 +829,7 @@ def test_413_drain_is_bounded_in_bytes(tiny_model: Path) -> None:
     """Past `drain_max_bytes` the server stops reading: that client sees the connection drop."""
     from live_server import live_server
 
-    settings = Settings(model_path=tiny_model, max_file_bytes=1_000_000, drain_max_bytes=2_000_000)
+    settings = Settings(model_path=tiny_model, max_file_bytes=1_000_000, drain_max_bytes=4_000_000)
     with live_server(settings) as url:
         with pytest.raises(OSError):  # urllib: connection reset or broken pipe, no answer
             _urllib_upload(url, 40 * 1024 * 1024)

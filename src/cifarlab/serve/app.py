@@ -143,16 +143,30 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+IMAGE_MEDIA_TYPES = (
+    "image/png, image/jpeg, image/webp, image/gif, image/bmp, image/tiff, image/avif"
+)
+
+
 def _upload_body(field: str, many: bool) -> dict[str, Any]:
     """OpenAPI request body for an upload the endpoint parses itself (so /docs can send it)."""
-    item = {"type": "string", "format": "binary"}
-    prop = {"type": "array", "items": item} if many else item
+    # What the server accepts, so that a schema-valid request is an acceptable one: a
+    # non-empty image file; for batches 1 to `max_batch_files` of them (`create_app` fills in
+    # the maximum from the settings).
+    item = {
+        "type": "string",
+        "format": "binary",
+        "minLength": 1,
+        "description": "an image file: PNG, JPEG, WebP, GIF, BMP, TIFF or AVIF",
+    }
+    prop: dict[str, Any] = {"type": "array", "items": item, "minItems": 1} if many else item
     return {
         "requestBody": {
             "required": True,
             "content": {
                 "multipart/form-data": {
-                    "schema": {"type": "object", "properties": {field: prop}, "required": [field]}
+                    "schema": {"type": "object", "properties": {field: prop}, "required": [field]},
+                    "encoding": {field: {"contentType": IMAGE_MEDIA_TYPES}},
                 }
             },
         }
@@ -626,6 +640,21 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": "internal error; see the server log"}, 500)
 
 
+def _document_limits(app: FastAPI, settings: Settings) -> None:
+    """Put this server's file-count limit into its OpenAPI schema (built once, on first use)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            body = schema["paths"]["/predict/batch"]["post"]["requestBody"]
+            files = body["content"]["multipart/form-data"]["schema"]["properties"]["files"]
+            files["maxItems"] = settings.max_batch_files
+        return build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None, *, predictor: Predictor | None = None) -> FastAPI:
     """A FastAPI app serving `settings.model_path` (or an already loaded `predictor`).
 
@@ -651,6 +680,7 @@ def create_app(settings: Settings | None = None, *, predictor: Predictor | None 
         lifespan=lifespan,
     )
     app.state.service = service
+    _document_limits(app, settings)
     app.include_router(router)
     app.include_router(oip_router)
     if STATIC_DIR.is_dir():

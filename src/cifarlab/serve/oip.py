@@ -201,13 +201,24 @@ _INFER_DOC: dict[str, Any] = {
                                 "required": ["name", "shape", "datatype", "data"],
                                 "properties": {
                                     "name": {"type": "string", "enum": [INPUT_NAME, IMAGE_INPUT]},
-                                    "shape": {"type": "array", "items": {"type": "integer"}},
+                                    "shape": {
+                                        "type": "array",
+                                        "minItems": 1,
+                                        "items": {"type": "integer", "minimum": 0},
+                                    },
                                     "datatype": {"type": "string", "enum": ["FP32", "BYTES"]},
                                     "data": {"type": "array"},
                                 },
                             },
                         },
-                        "outputs": {"type": "array", "items": {"type": "object"}},
+                        "outputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {"name": {"type": "string", "enum": [OUTPUT]}},
+                            },
+                        },
                     },
                 }
             }
