@@ -834,3 +834,60 @@ def test_413_drain_is_bounded_in_bytes(tiny_model: Path) -> None:
         with pytest.raises(OSError):  # urllib: connection reset or broken pipe, no answer
             _urllib_upload(url, 40 * 1024 * 1024)
         assert _urllib_upload(url, 3 * 1024 * 1024)[0] == 413  # within the bound: answered
+
+
+# ---- class activation maps (/predict?explain=true) ---------------------------------------
+
+
+def half_blue_png() -> bytes:
+    """Left half pure blue (the tiny model's 'ship' colour), right half mid grey."""
+    pixels = np.full((32, 32, 3), 128, np.uint8)
+    pixels[:, :16] = (0, 0, 255)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_explain_returns_an_overlay_where_the_evidence_is(tmp_path: Path) -> None:
+    import base64
+
+    model = write_tiny_model(tmp_path / "cam.onnx", cam=True)
+    assert Predictor(model).has_cam
+    with TestClient(create_app(Settings(model_path=model))) as c:
+        plain = c.post("/predict", files={"file": ("a.png", half_blue_png())}).json()
+        r = c.post("/predict?explain=true", files={"file": ("a.png", half_blue_png())})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["predicted_class"] == plain["predicted_class"] == "ship"
+    assert body["probabilities"] == pytest.approx(plain["probabilities"], abs=1e-6)
+    assert plain["explanation"] is None  # only on request
+    assert body["explanation"]["grid"] == [8, 8]
+    overlay = np.asarray(
+        Image.open(io.BytesIO(base64.b64decode(body["explanation"]["overlay_png"])))
+    )
+    assert overlay.shape == (128, 128, 3)
+    # The ship evidence sits in the blue half: the hottest colour (red) is blended over the
+    # left, the coldest (blue) over the right.
+    from cifarlab.serve.explain import ALPHA
+
+    hot, cold = np.array([220, 30, 30]), np.array([40, 60, 200])
+    left = (1 - ALPHA) * np.array([0, 0, 255]) + ALPHA * hot
+    right = (1 - ALPHA) * np.array([128, 128, 128]) + ALPHA * cold
+    assert np.abs(overlay[:, :40].reshape(-1, 3) - left).max() <= 2
+    assert np.abs(overlay[:, 88:].reshape(-1, 3) - right).max() <= 2
+
+
+def test_explain_on_a_model_without_a_map_answers_without_one(client: TestClient) -> None:
+    r = client.post("/predict?explain=true", files={"file": ("a.png", png())})
+    assert r.status_code == 200 and r.json()["explanation"] is None
+
+
+def test_the_bundled_model_serves_with_or_without_a_map() -> None:
+    predictor = Predictor.load()
+    with TestClient(create_app(Settings(), predictor=predictor)) as c:
+        body = c.post("/predict?explain=true", files={"file": ("a.png", half_blue_png())}).json()
+    assert body["predicted_class"] in CLASSES
+    if predictor.has_cam:
+        assert len(body["explanation"]["grid"]) == 2
+    else:
+        assert body["explanation"] is None

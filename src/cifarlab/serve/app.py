@@ -28,8 +28,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.exceptions import HTTPException
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -48,6 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cifarlab import __version__
 from cifarlab.constants import IMAGE_SIZE
 from cifarlab.serve.batching import BatcherClosedError, MicroBatcher
+from cifarlab.serve.explain import overlay_base64
 from cifarlab.serve.imaging import ImageError, load_image
 from cifarlab.serve.oip import OIPError, oip_error
 from cifarlab.serve.oip import router as oip_router
@@ -107,6 +108,14 @@ class HealthResponse(BaseModel):
     limits: LimitsDescription
 
 
+class Explanation(BaseModel):
+    overlay_png: str = Field(
+        description="base64 PNG: the class activation map of the predicted class over the "
+        "32x32 image the model saw (red = most evidence); relative within the image"
+    )
+    grid: list[int] = Field(description="height and width of the map before upsampling")
+
+
 class PredictResponse(BaseModel):
     predicted_class: str
     confidence: float = Field(description="probability of the predicted class, 0-1")
@@ -115,6 +124,10 @@ class PredictResponse(BaseModel):
     model: str
     model_version: str
     latency_ms: float = Field(description="server time for this request, upload to answer")
+    explanation: Explanation | None = Field(
+        default=None,
+        description="with ?explain=true and a model that has a class activation map output",
+    )
 
 
 class BatchItem(BaseModel):
@@ -416,7 +429,7 @@ class Service:
             self._decoders.shutdown(wait=False, cancel_futures=True)
             self._decoders = None
 
-    async def _in_decoder(self, fn: Callable[[], T]) -> T:
+    async def in_decoder(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._decoders, fn)
 
     async def uploads(self, request: Request, field_name: str, max_files: int) -> list[Upload]:
@@ -435,7 +448,7 @@ class Service:
             ) from None
 
     async def decode(self, data: bytes) -> np.ndarray:
-        return await self._in_decoder(functools.partial(self._load_image, data))
+        return await self.in_decoder(functools.partial(self._load_image, data))
 
     async def decode_all(self, uploads: list[Upload]) -> list[np.ndarray]:
         """Decode several files in one worker-thread hop; errors name the file."""
@@ -450,7 +463,7 @@ class Service:
                     raise ImageError(f"file {i}{name}: {exc}", exc.status_code) from None
             return images
 
-        return await self._in_decoder(work)
+        return await self.in_decoder(work)
 
     async def classify_file(self, data: bytes) -> Prediction:
         """Decode (off the event loop) and classify one uploaded file."""
@@ -558,19 +571,37 @@ def _latency_ms(start: float) -> float:
     openapi_extra=_upload_body("file", many=False),
     summary="Classify one image (multipart field 'file')",
 )
-async def predict(request: Request) -> Response:
+async def predict(
+    request: Request,
+    explain: bool = Query(
+        False,
+        description="also return the class activation map of the predicted class as a PNG "
+        "overlay (models without a map output answer with explanation null)",
+    ),
+) -> Response:
     start = time.perf_counter()
     service = ready_service(request)
     assert service.predictor is not None  # ready_service checked it is loaded
     info = service.predictor.info  # the model answering this request, even if shut down later
     (upload,) = await service.uploads(request, "file", max_files=1)
-    result = await service.classify_file(upload.data)
+    explanation = None
+    if explain and service.predictor.has_cam:
+        # The overlay needs the decoded image, so decode first, then classify the array.
+        image = await service.decode(upload.data)
+        result = await service.classify(image)
+        if result.cam is not None:
+            cam = result.cam
+            png = await service.in_decoder(functools.partial(overlay_base64, image, cam))
+            explanation = Explanation(overlay_png=png, grid=list(cam.shape))
+    else:
+        result = await service.classify_file(upload.data)
     return _json(
         PredictResponse(
             **_item(upload, result),
             model=info.name,
             model_version=info.version,
             latency_ms=_latency_ms(start),
+            explanation=explanation,
         )
     )
 
@@ -628,6 +659,16 @@ async def _upload_error(request: Request, exc: Exception) -> JSONResponse:
 async def _image_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ImageError)
     return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+
+
+async def _invalid_params(request: Request, exc: Exception) -> JSONResponse:
+    # One string like every other error here, e.g. "query.explain: Input should be a valid
+    # boolean", rather than FastAPI's list of objects.
+    assert isinstance(exc, RequestValidationError)
+    parts = [
+        ".".join(str(p) for p in e.get("loc", ())) + ": " + str(e.get("msg")) for e in exc.errors()
+    ]
+    return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
@@ -688,6 +729,7 @@ def create_app(settings: Settings | None = None, *, predictor: Predictor | None 
     app.add_exception_handler(UploadError, _upload_error)
     app.add_exception_handler(OIPError, oip_error)
     app.add_exception_handler(ImageError, _image_error)
+    app.add_exception_handler(RequestValidationError, _invalid_params)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
     known = frozenset(p for r in app.routes if "{" not in (p := getattr(r, "path", "{")))
