@@ -891,3 +891,15 @@ def test_the_bundled_model_serves_with_or_without_a_map() -> None:
         assert len(body["explanation"]["grid"]) == 2
     else:
         assert body["explanation"] is None
+
+
+def test_bound_malloc_fixes_the_mmap_threshold_where_glibc_is_the_allocator() -> None:
+    import platform
+
+    from cifarlab.serve.memory import bound_malloc
+
+    accepted = bound_malloc()
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert accepted
+    else:
+        assert accepted is False
