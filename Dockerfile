@@ -28,7 +28,8 @@ RUN /opt/venv/bin/pip install --no-deps --force-reinstall . \
 # --- runtime: the venv alone, run by an unprivileged user ---------------------------------
 FROM python:3.11-slim
 COPY --from=build /opt/venv /opt/venv
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin cifarlab
+RUN groupadd --system --gid 10001 cifarlab \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin cifarlab
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1

@@ -23,10 +23,12 @@ from cifarlab import export as export_mod
 from cifarlab.checkpoint import save_checkpoint
 from cifarlab.cli import main
 from cifarlab.constants import CIFAR_MEAN, CLASSES
+from cifarlab.contract import ModelInfo
 from cifarlab.export import ExportError, FlipTTA, export_run, export_with_parity
+from cifarlab.io import sha256_file
 from cifarlab.models import get_model
 from cifarlab.preprocess import normalize
-from cifarlab.serve.predictor import ModelInfo, Predictor, file_sha256
+from cifarlab.serve.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,7 +107,7 @@ def test_export_writes_a_side_car_json_with_the_file_hash(
 ) -> None:
     path, _ = baseline_export
     record = json.loads(path.with_suffix(".json").read_text())
-    assert record["sha256"] == file_sha256(path)
+    assert record["sha256"] == sha256_file(path)
     assert record["onnx_file"] == path.name
     assert record["classes"] == list(CLASSES)
     assert record["input"]["shape"] == ["N", 3, 32, 32]
@@ -265,3 +267,39 @@ def test_trained_run_exports_with_parity_on_1000_real_images(
     run = _trained_run(real_cache, tmp_path)
     result = export_run(run, tmp_path / "trained.onnx", images=real_test_images)
     assert result.parity is not None and result.parity.passed, result.parity
+
+
+def test_fastnet_exports_class_activation_maps_that_match_pytorch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = get_model("fastnet", widths=(16, 32, 32)).eval()
+    out = tmp_path / "cam.onnx"
+    result = export_with_parity(
+        model, out, ModelInfo(name="fastnet"), tta=True, images=random_images(16)
+    )
+    assert result.parity is not None and result.parity.passed  # logits and maps both compared
+    outputs = {o.name: o.shape for o in ort.InferenceSession(str(out)).get_outputs()}
+    assert outputs["cam"][1:] == [10, 3, 3]  # (N, classes, h, w) on a 32x32 input
+    assert json.loads(out.with_suffix(".json").read_text())["outputs"] == ["logits", "cam"]
+    images = random_images(4, seed=5)
+    predictor = Predictor(out)
+    assert predictor.has_cam
+    preds = predictor.predict_arrays(images)
+    _, cams = predictor.run(normalize(images))
+    for p, cam in zip(preds, cams, strict=True):
+        assert p.cam is not None and p.cam.shape == (3, 3)
+        np.testing.assert_array_equal(p.cam, cam[p.class_index])
+    # The plain model without TTA: the map is the head applied at each cell of the grid.
+    with torch.inference_mode():
+        x = torch.from_numpy(normalize(images))
+        feats = model.forward_features(x)
+        by_hand = torch.einsum("bchw,kc->bkhw", feats, model.head.weight) * model.logit_scale
+        np.testing.assert_allclose(model.forward_cam(feats).numpy(), by_hand.numpy(), atol=1e-5)
+
+
+def test_models_without_a_cam_head_export_only_logits(tmp_path: Path) -> None:
+    model = TinyNet().eval()
+    result = export_with_parity(model, tmp_path / "t.onnx", ModelInfo(name="tiny"))
+    names = [o.name for o in ort.InferenceSession(str(result.onnx_path)).get_outputs()]
+    assert names == ["logits"] and not Predictor(result.onnx_path).has_cam
+    with pytest.raises(ExportError, match="forward_cam"):
+        export_mod.export_model(model, tmp_path / "x.onnx", ModelInfo(name="tiny"), cam=True)

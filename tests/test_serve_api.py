@@ -483,14 +483,14 @@ def test_concurrent_requests_share_model_calls(tiny_model: Path) -> None:
     sizes: list[int] = []
     with TestClient(app) as c:
         service = app.state.service
-        real = service.predictor.predict_arrays
+        real = service.predictor.predict_normalized
 
         def slow(images: np.ndarray):  # type: ignore[no-untyped-def]
             sizes.append(len(images))
             time.sleep(0.2)  # a slow model, so that requests pile up behind it
             return real(images)
 
-        service.predictor.predict_arrays = slow
+        service.predictor.predict_normalized = slow
         with ThreadPoolExecutor(8) as pool:
             codes = list(
                 pool.map(
@@ -711,11 +711,11 @@ def test_a_model_failure_is_a_json_500_and_the_server_keeps_serving(tiny_model: 
     app = create_app(Settings(model_path=tiny_model))
     with TestClient(app, raise_server_exceptions=False) as c:
         service = app.state.service
-        real = service.predictor.predict_arrays
-        service.predictor.predict_arrays = lambda images: 1 / 0
+        real = service.predictor.predict_normalized
+        service.predictor.predict_normalized = lambda images: 1 / 0
         r = c.post("/predict", files={"file": ("a.png", png())})
         assert r.status_code == 500 and r.json()["detail"].startswith("internal error")
-        service.predictor.predict_arrays = real
+        service.predictor.predict_normalized = real
         assert c.post("/predict", files={"file": ("a.png", png())}).status_code == 200
 
 
@@ -793,3 +793,113 @@ def test_small_and_large_uploads_give_the_same_answer(tiny_model: Path) -> None:
         a = c.post("/predict", files={"file": ("big.png", big.getvalue())}).json()
         b = c.post("/predict", files={"file": ("small.png", small.getvalue())}).json()
     assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-9)
+
+
+def _urllib_upload(url: str, size: int) -> tuple[int, dict[str, str]]:
+    """POST a `size`-byte multipart upload with urllib (which writes the body before reading)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
+    body = head + b"\x89PNG" + bytes(size) + b"\r\n--b--\r\n"
+    req = urllib.request.Request(
+        url + "/predict", data=body, headers={"Content-Type": "multipart/form-data; boundary=b"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_urllib_client_reads_the_413_for_a_12_mb_upload(tiny_model: Path) -> None:
+    from live_server import live_server
+
+    settings = Settings(model_path=tiny_model, max_file_bytes=1_000_000)
+    with live_server(settings) as url:
+        for _ in range(3):  # and the server keeps answering afterwards
+            status, body = _urllib_upload(url, 12 * 1024 * 1024)
+            assert status == 413
+            assert "more than the" in body["detail"]
+        assert _urllib_upload(url, 100)[0] == 422  # a small (broken) PNG still gets its answer
+
+
+def test_413_drain_is_bounded_in_bytes(tiny_model: Path) -> None:
+    """Past `drain_max_bytes` the server stops reading: that client sees the connection drop."""
+    from live_server import live_server
+
+    settings = Settings(model_path=tiny_model, max_file_bytes=1_000_000, drain_max_bytes=4_000_000)
+    with live_server(settings) as url:
+        with pytest.raises(OSError):  # urllib: connection reset or broken pipe, no answer
+            _urllib_upload(url, 40 * 1024 * 1024)
+        assert _urllib_upload(url, 3 * 1024 * 1024)[0] == 413  # within the bound: answered
+
+
+# ---- class activation maps (/predict?explain=true) ---------------------------------------
+
+
+def half_blue_png() -> bytes:
+    """Left half pure blue (the tiny model's 'ship' colour), right half mid grey."""
+    pixels = np.full((32, 32, 3), 128, np.uint8)
+    pixels[:, :16] = (0, 0, 255)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_explain_returns_an_overlay_where_the_evidence_is(tmp_path: Path) -> None:
+    import base64
+
+    model = write_tiny_model(tmp_path / "cam.onnx", cam=True)
+    assert Predictor(model).has_cam
+    with TestClient(create_app(Settings(model_path=model))) as c:
+        plain = c.post("/predict", files={"file": ("a.png", half_blue_png())}).json()
+        r = c.post("/predict?explain=true", files={"file": ("a.png", half_blue_png())})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["predicted_class"] == plain["predicted_class"] == "ship"
+    assert body["probabilities"] == pytest.approx(plain["probabilities"], abs=1e-6)
+    assert plain["explanation"] is None  # only on request
+    assert body["explanation"]["grid"] == [8, 8]
+    overlay = np.asarray(
+        Image.open(io.BytesIO(base64.b64decode(body["explanation"]["overlay_png"])))
+    )
+    assert overlay.shape == (128, 128, 3)
+    # The ship evidence sits in the blue half: the hottest colour (red) is blended over the
+    # left, the coldest (blue) over the right.
+    from cifarlab.serve.explain import ALPHA
+
+    hot, cold = np.array([220, 30, 30]), np.array([40, 60, 200])
+    left = (1 - ALPHA) * np.array([0, 0, 255]) + ALPHA * hot
+    right = (1 - ALPHA) * np.array([128, 128, 128]) + ALPHA * cold
+    assert np.abs(overlay[:, :40].reshape(-1, 3) - left).max() <= 2
+    assert np.abs(overlay[:, 88:].reshape(-1, 3) - right).max() <= 2
+
+
+def test_explain_on_a_model_without_a_map_answers_without_one(client: TestClient) -> None:
+    r = client.post("/predict?explain=true", files={"file": ("a.png", png())})
+    assert r.status_code == 200 and r.json()["explanation"] is None
+
+
+def test_the_bundled_model_serves_with_or_without_a_map() -> None:
+    predictor = Predictor.load()
+    with TestClient(create_app(Settings(), predictor=predictor)) as c:
+        body = c.post("/predict?explain=true", files={"file": ("a.png", half_blue_png())}).json()
+    assert body["predicted_class"] in CLASSES
+    if predictor.has_cam:
+        assert len(body["explanation"]["grid"]) == 2
+    else:
+        assert body["explanation"] is None
+
+
+def test_bound_malloc_fixes_the_mmap_threshold_where_glibc_is_the_allocator() -> None:
+    import platform
+
+    from cifarlab.serve.memory import bound_malloc
+
+    accepted = bound_malloc()
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert accepted
+    else:
+        assert accepted is False

@@ -202,3 +202,33 @@ def test_ui_bad_file_in_a_batch_does_not_block_the_good_ones(
     assert "broken.jpg" in page.locator("#error").inner_text()
     assert "422" in cards.nth(0).locator(".err").inner_text()
     assert cards.nth(1).get_attribute("data-class") == _api_class(server, good)
+
+
+def test_ui_heatmap_toggle_shows_the_class_activation_map(browser, tmp_path: Path) -> None:
+    from live_server import live_server
+
+    model = write_tiny_model(tmp_path / "cam.onnx", cam=True)
+    with live_server(Settings(model_path=model)) as url:
+        context = browser.new_context(viewport={"width": 1100, "height": 800})
+        page = context.new_page()
+        page.goto(f"{url}/ui")
+        heat = page.locator("[data-testid=heatmap]")
+        preview = page.locator("[data-testid=prediction] img.preview")
+
+        page.check("#explain")
+        page.set_input_files("#file", str(_image(tmp_path / "blue.png", (30, 30, 220))))
+        page.locator("[data-testid=prediction][data-class]").wait_for(timeout=15_000)
+        assert heat.count() == 1 and heat.is_visible() and not preview.is_visible()
+        src = heat.get_attribute("src") or ""
+        assert src.startswith("data:image/png;base64,")
+        assert (
+            page.evaluate("() => document.querySelector('[data-testid=heatmap]').naturalWidth")
+            == 128
+        )
+        page.screenshot(path=str(tmp_path / "heatmap.png"), full_page=True)
+
+        page.uncheck("#explain")  # the toggle hides the map and shows the photo again
+        assert not heat.is_visible() and preview.is_visible()
+        page.check("#explain")
+        assert heat.is_visible()
+        context.close()

@@ -37,9 +37,17 @@ from torch import nn
 
 from cifarlab import __version__
 from cifarlab.constants import CIFAR_MEAN, CIFAR_STD, CLASSES, IMAGE_SIZE
+from cifarlab.contract import (
+    CAM_OUTPUT_NAME,
+    INPUT_NAME,
+    INPUT_SCALE,
+    LAYOUT,
+    OUTPUT_NAME,
+    ModelInfo,
+)
 from cifarlab.errors import CifarlabError
-from cifarlab.io import give_default_mode, write_json_atomic
-from cifarlab.serve.predictor import INPUT_NAME, ModelInfo, Predictor, file_sha256, preprocess
+from cifarlab.io import give_default_mode, sha256_file, write_json_atomic
+from cifarlab.preprocess import normalize
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +61,43 @@ class ExportError(CifarlabError):
 
 
 class FlipTTA(nn.Module):
-    """Mean of the logits of an image batch and of its horizontal mirror."""
+    """Mean of the outputs of an image batch and of its horizontal mirror.
+
+    Wraps a plain model (logits) or a `WithCam` (logits, maps): the mirror's maps are flipped
+    back so that both passes' maps line up with the input image.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> Any:
         # (B, 3, H, W): dim 3 is the width, so this is a left-right mirror.
-        return (self.model(x) + self.model(torch.flip(x, dims=[3]))) / 2
+        a, b = self.model(x), self.model(torch.flip(x, dims=[3]))
+        if isinstance(a, tuple):
+            return (a[0] + b[0]) / 2, (a[1] + torch.flip(b[1], dims=[3])) / 2
+        return (a + b) / 2
+
+
+class WithCam(nn.Module):
+    """Logits plus class activation maps `(B, classes, h, w)` from one forward pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        model: Any = self.model  # any model with the three pieces `supports_cam` checks
+        features = model.forward_features(x)  # (B, C, h, w)
+        return model.forward_head(features), model.forward_cam(features)
+
+
+def supports_cam(model: nn.Module) -> bool:
+    """Models whose head is global pooling + linear expose `forward_cam` (fastnet does)."""
+    return all(
+        callable(getattr(model, name, None))
+        for name in ("forward_features", "forward_head", "forward_cam")
+    )
 
 
 @dataclass(frozen=True)
@@ -80,11 +116,17 @@ class ExportResult:
     parity: ParityReport | None
 
 
+def _output_names(path: Path) -> list[str]:
+    import onnx
+
+    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+
+
 def sidecar_path(onnx_path: Path) -> Path:
     return onnx_path.with_suffix(".json")
 
 
-def _to_onnx(model: nn.Module, path: Path) -> str:
+def _to_onnx(model: nn.Module, path: Path, output_names: list[str]) -> str:
     """Trace `model` into `path` with a dynamic batch axis; returns the exporter used."""
     example = (torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE),)
     # The torch.export-based exporter gives clean graphs and is torch's future; the
@@ -102,7 +144,7 @@ def _to_onnx(model: nn.Module, path: Path) -> str:
                 external_data=False,
                 verbose=False,
                 input_names=[INPUT_NAME],
-                output_names=["logits"],
+                output_names=output_names,
             )
         return "dynamo"
     except Exception as exc:
@@ -115,23 +157,39 @@ def _to_onnx(model: nn.Module, path: Path) -> str:
             str(path),
             dynamo=False,
             opset_version=OPSET,
-            dynamic_axes={INPUT_NAME: {0: "batch"}, "logits": {0: "batch"}},
+            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *output_names]},
             input_names=[INPUT_NAME],
-            output_names=["logits"],
+            output_names=output_names,
         )
     return "torchscript"
 
 
-def export_model(model: nn.Module, out: Path, info: ModelInfo, *, tta: bool = False) -> str:
+def graph_module(model: nn.Module, *, tta: bool, cam: bool) -> nn.Module:
+    """The module that is exported: the model, with its maps if `cam`, mirrored if `tta`."""
+    inner = WithCam(model) if cam else model
+    return FlipTTA(inner) if tta else inner
+
+
+def export_model(
+    model: nn.Module, out: Path, info: ModelInfo, *, tta: bool = False, cam: bool | None = None
+) -> str:
     """Write `model` (wrapped in `FlipTTA` if `tta`) to ONNX at `out` with `info` as metadata.
 
+    `cam` adds the class-activation-map output (default: whenever the model supports it).
     Writes `out` directly; `export_run` calls it on a temporary path. Returns the exporter used.
     """
     import onnx
 
-    graph_model = FlipTTA(model) if tta else model
+    cam = supports_cam(model) if cam is None else cam
+    if cam and not supports_cam(model):
+        raise ExportError(
+            f"{type(model).__name__} has no forward_cam (a global-pool + linear head): export "
+            "it without class activation maps"
+        )
+    graph_model = graph_module(model, tta=tta, cam=cam)
     graph_model.eval()
-    exporter = _to_onnx(graph_model, out)
+    outputs = [OUTPUT_NAME, CAM_OUTPUT_NAME] if cam else [OUTPUT_NAME]
+    exporter = _to_onnx(graph_model, out, outputs)
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto)
     info = ModelInfo(**{**asdict(info), "tta": tta, "exporter": exporter, "opset": OPSET})
@@ -158,22 +216,28 @@ def check_parity(
     tta: bool = False,
     batch_size: int = 250,
 ) -> ParityReport:
-    """Compare ONNX Runtime (through the serving `Predictor`) with PyTorch on uint8 images.
+    """Compare ONNX Runtime with PyTorch on uint8 images, preprocessed as serving does.
 
-    Passes when max |logit difference| <= 1e-3 and top-1 agrees on >= 99.9% of images.
+    Passes when max |logit difference| <= 1e-3 and top-1 agrees on >= 99.9% of images. The
+    class activation maps, when the graph has them, must agree within the same tolerance.
     """
+    import onnxruntime as ort
+
     if len(images) == 0:
         raise ValueError("parity check needs at least one image")
-    predictor = Predictor(onnx_path, threads=0)
-    reference = FlipTTA(model) if tta else model
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    cam = CAM_OUTPUT_NAME in {o.name for o in session.get_outputs()}
+    reference = graph_module(model, tta=tta, cam=cam)
     reference.eval()
     max_diff, agree = 0.0, 0
     for start in range(0, len(images), batch_size):
-        x = preprocess(images[start : start + batch_size])  # the serving preprocessing
-        got = predictor.infer(x)
-        want = reference(torch.from_numpy(x)).float().numpy()
-        max_diff = max(max_diff, float(np.abs(got - want).max()))
-        agree += int((got.argmax(1) == want.argmax(1)).sum())
+        x = normalize(images[start : start + batch_size])  # the serving preprocessing
+        got = session.run([OUTPUT_NAME, CAM_OUTPUT_NAME] if cam else [OUTPUT_NAME], {INPUT_NAME: x})
+        want = reference(torch.from_numpy(x))
+        want = [w.float().numpy() for w in (want if isinstance(want, tuple) else (want,))]
+        for g, w in zip(got, want, strict=True):
+            max_diff = max(max_diff, float(np.abs(np.asarray(g) - w).max()))
+        agree += int((got[0].argmax(1) == want[0].argmax(1)).sum())
     top1 = agree / len(images)
     passed = max_diff <= PARITY_MAX_ABS_DIFF and top1 >= PARITY_MIN_TOP1_AGREEMENT
     return ParityReport(len(images), max_diff, top1, passed)
@@ -289,7 +353,7 @@ def export_with_parity(
                     f"top-1 agreement {parity.top1_agreement:.4f} (limit "
                     f"{PARITY_MIN_TOP1_AGREEMENT}); nothing was written to {out}"
                 )
-        sha = file_sha256(tmp)
+        sha = sha256_file(tmp)
         give_default_mode(tmp)
         os.replace(tmp, out)
     finally:
@@ -302,8 +366,9 @@ def export_with_parity(
         **asdict(info),
         "onnx_file": out.name,
         "onnx_bytes": out.stat().st_size,
-        "input": {"name": INPUT_NAME, "shape": ["N", 3, IMAGE_SIZE, IMAGE_SIZE]},
-        "input_scale": "uint8 RGB / 255, then (x - mean) / std per channel",
+        "input": {"name": INPUT_NAME, "shape": list(info.input_shape()), "layout": LAYOUT},
+        "outputs": _output_names(out),
+        "input_scale": INPUT_SCALE,
         "parity": None if parity is None else asdict(parity),
         # Program name without its folder: no machine-specific paths in a committed file.
         "export_command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])

@@ -122,6 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from cifarlab.serve.app import create_app
+    from cifarlab.serve.memory import bound_malloc
     from cifarlab.serve.predictor import Predictor
     from cifarlab.serve.settings import Settings
 
@@ -137,6 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
             f"invalid serving settings ({problems}); fix the flag or the CIFARLAB_* variable"
         ) from None
     # Load once here so that a bad model fails with one clear line before the port opens.
+    bound_malloc()  # before the first large buffer: see cifarlab.serve.memory
     predictor = Predictor(settings.model_path, threads=settings.ort_threads)
     app = create_app(settings, predictor=predictor)
     # The event loop thread is busy under load; with Python's default 5 ms GIL switch

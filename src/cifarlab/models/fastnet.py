@@ -85,13 +85,25 @@ class FastNet(nn.Module):
         self.head = nn.Linear(w3, num_classes, bias=False)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature grid, before global pooling (timm's convention)."""
         x = self.act(self.whiten(x))  # (B, 24, H-1, W-1)
-        x = self.layers(x)  # (B, w3, ~H/8, ~W/8)
-        return torch.flatten(self.pool(x), 1)  # (B, w3)
+        return self.layers(x)  # (B, w3, ~H/8, ~W/8)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(self.pool(x), 1)  # (B, w3)
         # Small logits at init behave like a temperature; the speed-run recipes use 1/9.
         return self.head(x) * self.logit_scale
+
+    def forward_cam(self, features: torch.Tensor) -> torch.Tensor:
+        """Class activation maps: the linear head applied at every cell of the feature grid.
+
+        `(B, w3, h, w)` -> `(B, classes, h, w)`, on the logits' scale. A logit is a weighted
+        sum of each channel's maximum over the grid; the map is the same weighted sum taken
+        at each cell, so it shows where the evidence for a class sits (and equals the logit at
+        a cell that holds every channel's maximum).
+        """
+        weight = self.head.weight[:, :, None, None] * self.logit_scale  # (classes, w3, 1, 1)
+        return torch.nn.functional.conv2d(features, weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

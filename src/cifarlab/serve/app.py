@@ -28,8 +28,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.exceptions import HTTPException
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -46,9 +46,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cifarlab import __version__
+from cifarlab.constants import IMAGE_SIZE
 from cifarlab.serve.batching import BatcherClosedError, MicroBatcher
+from cifarlab.serve.explain import overlay_base64
 from cifarlab.serve.imaging import ImageError, load_image
-from cifarlab.serve.predictor import Prediction, Predictor
+from cifarlab.serve.oip import OIPError, oip_error
+from cifarlab.serve.oip import router as oip_router
+from cifarlab.serve.predictor import Prediction, Predictor, preprocess
 from cifarlab.serve.settings import Settings
 from cifarlab.serve.uploads import Upload, UploadError, read_uploads
 
@@ -104,6 +108,14 @@ class HealthResponse(BaseModel):
     limits: LimitsDescription
 
 
+class Explanation(BaseModel):
+    overlay_png: str = Field(
+        description="base64 PNG: the class activation map of the predicted class over the "
+        "32x32 image the model saw (red = most evidence); relative within the image"
+    )
+    grid: list[int] = Field(description="height and width of the map before upsampling")
+
+
 class PredictResponse(BaseModel):
     predicted_class: str
     confidence: float = Field(description="probability of the predicted class, 0-1")
@@ -112,6 +124,10 @@ class PredictResponse(BaseModel):
     model: str
     model_version: str
     latency_ms: float = Field(description="server time for this request, upload to answer")
+    explanation: Explanation | None = Field(
+        default=None,
+        description="with ?explain=true and a model that has a class activation map output",
+    )
 
 
 class BatchItem(BaseModel):
@@ -140,16 +156,30 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+IMAGE_MEDIA_TYPES = (
+    "image/png, image/jpeg, image/webp, image/gif, image/bmp, image/tiff, image/avif"
+)
+
+
 def _upload_body(field: str, many: bool) -> dict[str, Any]:
     """OpenAPI request body for an upload the endpoint parses itself (so /docs can send it)."""
-    item = {"type": "string", "format": "binary"}
-    prop = {"type": "array", "items": item} if many else item
+    # What the server accepts, so that a schema-valid request is an acceptable one: a
+    # non-empty image file; for batches 1 to `max_batch_files` of them (`create_app` fills in
+    # the maximum from the settings).
+    item = {
+        "type": "string",
+        "format": "binary",
+        "minLength": 1,
+        "description": "an image file: PNG, JPEG, WebP, GIF, BMP, TIFF or AVIF",
+    }
+    prop: dict[str, Any] = {"type": "array", "items": item, "minItems": 1} if many else item
     return {
         "requestBody": {
             "required": True,
             "content": {
                 "multipart/form-data": {
-                    "schema": {"type": "object", "properties": {field: prop}, "required": [field]}
+                    "schema": {"type": "object", "properties": {field: prop}, "required": [field]},
+                    "encoding": {field: {"contentType": IMAGE_MEDIA_TYPES}},
                 }
             },
         }
@@ -223,7 +253,107 @@ class MetricsMiddleware:
         return "/static" if path.startswith("/static/") else "unmatched"
 
 
+class DrainMiddleware:
+    """After an early error answer, read and drop the rest of the request body, bounded.
+
+    The server answers 413 as soon as an upload passes a limit, long before the body has
+    arrived. Clients that write the whole body before reading (Python's urllib, requests)
+    would then get a connection reset instead of the answer if the server closed at once.
+    So the answer is sent and flushed, the remaining body is read and discarded (at most
+    `max_bytes`, at most `timeout_s`), and only then is the response completed. A body
+    declared larger than `max_bytes` is not drained: that client gets the reset.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.max_bytes <= 0 or not _has_body(scope):
+            await self.app(scope, receive, send)
+            return
+        body_done = False
+        status = 0
+
+        async def receive_tracked() -> Message:
+            nonlocal body_done
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def send_then_drain(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif (
+                message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+                and not body_done
+                and status >= 400
+                and status != 408  # a slow sender: waiting for its body again helps no one
+                and _declared_length(scope) <= self.max_bytes
+            ):
+                await send({**message, "more_body": True})  # the answer goes out now
+                await self._drain(receive)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            await send(message)
+
+        await self.app(scope, receive_tracked, send_then_drain)
+
+    async def _drain(self, receive: Receive) -> None:
+        drained = 0
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while drained <= self.max_bytes:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return
+                    drained += len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        return
+        except TimeoutError:
+            pass
+        log.debug("stopped draining a refused request body after %d bytes", drained)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return bytes(value)
+    return None
+
+
+def _has_body(scope: Scope) -> bool:
+    return _declared_length(scope) > 0 or _header(scope, b"transfer-encoding") is not None
+
+
+def _declared_length(scope: Scope) -> int:
+    raw = _header(scope, b"content-length")
+    return int(raw) if raw is not None and raw.isdigit() else 0
+
+
 # ---- the service -----------------------------------------------------------------------
+
+
+def prepare_batch(items: list[np.ndarray]) -> np.ndarray:
+    """uint8 `(32, 32, 3)` images and normalised float32 `(3, 32, 32)` tensors -> one batch.
+
+    Decoded uploads arrive as uint8 and are normalised together (one vectorised pass); Open
+    Inference Protocol clients send tensors that are already normalised.
+    """
+    if all(item.dtype == np.uint8 for item in items):
+        return preprocess(np.stack(items))
+    batch = np.empty((len(items), 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    images = [i for i, item in enumerate(items) if item.dtype == np.uint8]
+    if images:
+        batch[images] = preprocess(np.stack([items[i] for i in images]))
+    for i, item in enumerate(items):
+        if item.dtype != np.uint8:
+            batch[i] = item
+    return batch
 
 
 class Service:
@@ -245,9 +375,9 @@ class Service:
     def ready(self) -> bool:
         return self.predictor is not None and self.batcher is not None and self.batcher.running
 
-    def _run_batch(self, images: np.ndarray) -> list[Prediction]:
+    def _run_batch(self, batch: np.ndarray) -> list[Prediction]:
         assert self.predictor is not None
-        results = self.predictor.predict_arrays(images)
+        results = self.predictor.predict_normalized(batch)
         self.metrics.images.inc(len(results))
         return results
 
@@ -272,6 +402,7 @@ class Service:
             max_wait_ms=s.max_wait_ms,
             on_batch=self.metrics.batch_size.observe,
             decode=self._load_image,
+            prepare=prepare_batch,
         )
         await batcher.start()
         # A pool of our own: `run_in_executor` costs less per call than anyio's
@@ -298,7 +429,7 @@ class Service:
             self._decoders.shutdown(wait=False, cancel_futures=True)
             self._decoders = None
 
-    async def _in_decoder(self, fn: Callable[[], T]) -> T:
+    async def in_decoder(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._decoders, fn)
 
     async def uploads(self, request: Request, field_name: str, max_files: int) -> list[Upload]:
@@ -317,7 +448,7 @@ class Service:
             ) from None
 
     async def decode(self, data: bytes) -> np.ndarray:
-        return await self._in_decoder(functools.partial(self._load_image, data))
+        return await self.in_decoder(functools.partial(self._load_image, data))
 
     async def decode_all(self, uploads: list[Upload]) -> list[np.ndarray]:
         """Decode several files in one worker-thread hop; errors name the file."""
@@ -332,7 +463,7 @@ class Service:
                     raise ImageError(f"file {i}{name}: {exc}", exc.status_code) from None
             return images
 
-        return await self._in_decoder(work)
+        return await self.in_decoder(work)
 
     async def classify_file(self, data: bytes) -> Prediction:
         """Decode (off the event loop) and classify one uploaded file."""
@@ -440,19 +571,37 @@ def _latency_ms(start: float) -> float:
     openapi_extra=_upload_body("file", many=False),
     summary="Classify one image (multipart field 'file')",
 )
-async def predict(request: Request) -> Response:
+async def predict(
+    request: Request,
+    explain: bool = Query(
+        False,
+        description="also return the class activation map of the predicted class as a PNG "
+        "overlay (models without a map output answer with explanation null)",
+    ),
+) -> Response:
     start = time.perf_counter()
     service = ready_service(request)
     assert service.predictor is not None  # ready_service checked it is loaded
     info = service.predictor.info  # the model answering this request, even if shut down later
     (upload,) = await service.uploads(request, "file", max_files=1)
-    result = await service.classify_file(upload.data)
+    explanation = None
+    if explain and service.predictor.has_cam:
+        # The overlay needs the decoded image, so decode first, then classify the array.
+        image = await service.decode(upload.data)
+        result = await service.classify(image)
+        if result.cam is not None:
+            cam = result.cam
+            png = await service.in_decoder(functools.partial(overlay_base64, image, cam))
+            explanation = Explanation(overlay_png=png, grid=list(cam.shape))
+    else:
+        result = await service.classify_file(upload.data)
     return _json(
         PredictResponse(
             **_item(upload, result),
             model=info.name,
             model_version=info.version,
             latency_ms=_latency_ms(start),
+            explanation=explanation,
         )
     )
 
@@ -512,6 +661,16 @@ async def _image_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
 
 
+async def _invalid_params(request: Request, exc: Exception) -> JSONResponse:
+    # One string like every other error here, e.g. "query.explain: Input should be a valid
+    # boolean", rather than FastAPI's list of objects.
+    assert isinstance(exc, RequestValidationError)
+    parts = [
+        ".".join(str(p) for p in e.get("loc", ())) + ": " + str(e.get("msg")) for e in exc.errors()
+    ]
+    return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+
+
 async def _client_gone(request: Request, exc: Exception) -> Response:
     # Nobody is listening any more; answer something small instead of logging a 500.
     return JSONResponse({"detail": "the client disconnected during the upload"}, 400)
@@ -520,6 +679,21 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse({"detail": "internal error; see the server log"}, 500)
+
+
+def _document_limits(app: FastAPI, settings: Settings) -> None:
+    """Put this server's file-count limit into its OpenAPI schema (built once, on first use)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            body = schema["paths"]["/predict/batch"]["post"]["requestBody"]
+            files = body["content"]["multipart/form-data"]["schema"]["properties"]["files"]
+            files["maxItems"] = settings.max_batch_files
+        return build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings | None = None, *, predictor: Predictor | None = None) -> FastAPI:
@@ -547,13 +721,20 @@ def create_app(settings: Settings | None = None, *, predictor: Predictor | None 
         lifespan=lifespan,
     )
     app.state.service = service
+    _document_limits(app, settings)
     app.include_router(router)
+    app.include_router(oip_router)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(UploadError, _upload_error)
+    app.add_exception_handler(OIPError, oip_error)
     app.add_exception_handler(ImageError, _image_error)
+    app.add_exception_handler(RequestValidationError, _invalid_params)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
     known = frozenset(p for r in app.routes if "{" not in (p := getattr(r, "path", "{")))
+    app.add_middleware(
+        DrainMiddleware, max_bytes=settings.drain_max_bytes, timeout_s=settings.drain_timeout_s
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics_, known_paths=known)
     return app

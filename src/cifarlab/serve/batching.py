@@ -50,6 +50,7 @@ class MicroBatcher(Generic[R]):
         max_wait_ms: float = 2.0,
         on_batch: Callable[[int], None] | None = None,
         decode: Callable[[bytes], np.ndarray] | None = None,
+        prepare: Callable[[list[np.ndarray]], np.ndarray] = np.stack,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -64,6 +65,9 @@ class MicroBatcher(Generic[R]):
         # decode threads and a busy event loop. (Large files are decoded before submitting,
         # so they never hold up other requests' inference.)
         self.decode = decode
+        # Turns the batch's items into the one array `run_batch` takes (default: stack them);
+        # the API uses it to mix uint8 images with already normalised tensors.
+        self.prepare = prepare
         self._queue: asyncio.Queue[tuple[np.ndarray | bytes, asyncio.Future[R]]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -159,7 +163,7 @@ class MicroBatcher(Generic[R]):
                 image = item
             slots.append(len(images))
             images.append(image)
-        results: Sequence[R] = self.run_batch(np.stack(images)) if images else []
+        results: Sequence[R] = self.run_batch(self.prepare(images)) if images else []
         if len(results) != len(images):
             raise RuntimeError(f"run_batch returned {len(results)} results for {len(images)}")
         return [slot if isinstance(slot, Exception) else results[slot] for slot in slots]

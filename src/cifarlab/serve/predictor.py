@@ -6,95 +6,33 @@ The same functions serve the API (`cifarlab serve`, through the micro-batcher) a
 (`cifarlab predict`): `Predictor.predict_arrays(images)` takes uint8 RGB `(N, 32, 32, 3)` as
 `cifarlab.serve.imaging.load_image` returns them, normalises them with
 `cifarlab.preprocess.normalize` (the training evaluation path) and returns one `Prediction`
-per image. The model's description (`ModelInfo`) lives in the ONNX file's `metadata_props`,
-written by `cifarlab export`, so a model file is self-describing.
+per image. The model's description (`cifarlab.contract.ModelInfo`) lives in the ONNX file's
+`metadata_props`, written by `cifarlab export`, so a model file is self-describing.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from cifarlab.constants import CIFAR_MEAN, CIFAR_STD, CLASSES, IMAGE_SIZE
-from cifarlab.errors import CifarlabError
+from cifarlab.constants import CIFAR_MEAN, CIFAR_STD, IMAGE_SIZE
+from cifarlab.contract import (
+    CAM_OUTPUT_NAME,
+    OUTPUT_NAME,
+    ModelError,
+    ModelInfo,
+)
+from cifarlab.io import sha256_file
 from cifarlab.preprocess import normalize
 
 log = logging.getLogger(__name__)
 
 BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "default.onnx"
-INPUT_NAME = "input"  # the name `cifarlab export` gives the graph input
-_PREFIX = "cifarlab."  # metadata_props keys are namespaced so other tools' keys never clash
-
-
-class ModelError(CifarlabError):
-    """The model file is missing, unreadable, or does not match the serving contract."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a served model is; stored as string `metadata_props` in the ONNX file."""
-
-    name: str
-    classes: tuple[str, ...] = CLASSES
-    mean: tuple[float, ...] = CIFAR_MEAN
-    std: tuple[float, ...] = CIFAR_STD
-    input_size: int = IMAGE_SIZE
-    test_accuracy: float | None = None
-    tta: bool = False
-    created: str | None = None
-    training_command: str | None = None
-    run: str | None = None
-    exporter: str | None = None
-    opset: int | None = None
-    cifarlab_version: str | None = None
-    # Not stored in the file itself (it cannot contain its own hash): filled in on load.
-    sha256: str | None = field(default=None, compare=False)
-
-    @property
-    def version(self) -> str:
-        """A short content hash: two files with the same version are the same model."""
-        return (self.sha256 or "unknown")[:12]
-
-    def to_props(self) -> dict[str, str]:
-        """String key/values for ONNX `metadata_props` (JSON-encoded values)."""
-        data = asdict(self)
-        data.pop("sha256")
-        return {_PREFIX + k: json.dumps(v) for k, v in data.items() if v is not None}
-
-    @classmethod
-    def from_props(cls, props: Mapping[str, str], *, default_name: str) -> ModelInfo:
-        """Read `to_props` output back; keys that are absent keep their defaults."""
-        values: dict[str, Any] = {}
-        for key, raw in props.items():
-            if not key.startswith(_PREFIX):
-                continue
-            try:
-                values[key[len(_PREFIX) :]] = json.loads(raw)
-            except json.JSONDecodeError:
-                raise ModelError(
-                    f"model metadata {key!r} is not valid JSON ({raw[:80]!r}); "
-                    "re-export the model with `cifarlab export`"
-                ) from None
-        if not values:
-            log.warning("the model has no cifarlab metadata; assuming CIFAR-10 classes and stats")
-        known = {f for f in cls.__dataclass_fields__ if f != "sha256"}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            log.warning("ignoring unknown model metadata keys: %s", ", ".join(unknown))
-        kwargs = {k: v for k, v in values.items() if k in known}
-        for key in ("classes", "mean", "std"):
-            if key in kwargs:
-                kwargs[key] = tuple(kwargs[key])
-        kwargs.setdefault("name", default_name)
-        return cls(**kwargs)
+__all__ = ["BUNDLED_MODEL", "ModelError", "ModelInfo", "Prediction", "Predictor", "softmax"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +43,9 @@ class Prediction:
     class_index: int
     confidence: float
     probabilities: dict[str, float]
+    # The predicted class's activation map `(h, w)` on the model's last feature grid, when the
+    # graph has a `cam` output (see `cifarlab.contract`); None otherwise.
+    cam: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def preprocess(images: np.ndarray) -> np.ndarray:
@@ -122,11 +63,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def postprocess(logits: np.ndarray, classes: tuple[str, ...]) -> list[Prediction]:
-    """Logits `(N, C)` -> one `Prediction` per row."""
+def postprocess(
+    logits: np.ndarray, classes: tuple[str, ...], cams: np.ndarray | None = None
+) -> list[Prediction]:
+    """Logits `(N, C)` (and class activation maps `(N, C, h, w)`) -> one `Prediction` per row."""
     probs = softmax(logits)
     out = []
-    for row in probs:
+    for i, row in enumerate(probs):
         top = int(row.argmax())
         out.append(
             Prediction(
@@ -134,17 +77,10 @@ def postprocess(logits: np.ndarray, classes: tuple[str, ...]) -> list[Prediction
                 class_index=top,
                 confidence=float(row[top]),
                 probabilities={c: float(p) for c, p in zip(classes, row, strict=True)},
+                cam=None if cams is None else cams[i, top].copy(),
             )
         )
     return out
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Predictor:
@@ -179,7 +115,7 @@ class Predictor:
         self.path = path
         props = self.session.get_modelmeta().custom_metadata_map
         info = ModelInfo.from_props(props, default_name=path.stem)
-        self.info = ModelInfo(**{**asdict(info), "sha256": file_sha256(path)})
+        self.info = ModelInfo(**{**asdict(info), "sha256": sha256_file(path)})
         self._check_contract()
 
     @classmethod
@@ -188,10 +124,14 @@ class Predictor:
 
     def _check_contract(self) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
+        names = [o.name for o in outputs]
+        if len(inputs) != 1 or not (
+            len(outputs) == 1 or sorted(names) == sorted([OUTPUT_NAME, CAM_OUTPUT_NAME])
+        ):
             raise ModelError(
-                f"model {self.path} has {len(inputs)} inputs and {len(outputs)} outputs; "
-                "expected one input (N, 3, 32, 32) and one logits output (N, classes)"
+                f"model {self.path} has {len(inputs)} inputs and outputs {names}; expected "
+                f"one input (N, 3, 32, 32) and a logits output (N, classes), optionally with "
+                f"a {CAM_OUTPUT_NAME!r} output. Export it with `cifarlab export`"
             )
         shape = inputs[0].shape
         if inputs[0].type != "tensor(float)" or list(shape[1:]) != [3, IMAGE_SIZE, IMAGE_SIZE]:
@@ -200,7 +140,11 @@ class Predictor:
                 "(N, 3, 32, 32). Export it with `cifarlab export`"
             )
         self._input_name = inputs[0].name
-        out_shape = outputs[0].shape
+        logits = outputs[0] if len(outputs) == 1 else outputs[names.index(OUTPUT_NAME)]
+        # Ask for the map only when the graph has one; its cost is one 1x1 projection of the
+        # last feature grid, tiny next to the network.
+        self._outputs = [logits.name] + ([CAM_OUTPUT_NAME] if len(outputs) == 2 else [])
+        out_shape = logits.shape
         n_out = out_shape[-1] if len(out_shape) == 2 else None
         if isinstance(n_out, int) and n_out != len(self.info.classes):
             raise ModelError(
@@ -218,13 +162,27 @@ class Predictor:
                     "trained on cifarlab's preprocessing"
                 )
 
+    @property
+    def has_cam(self) -> bool:
+        """Whether the graph returns class activation maps (`/predict?explain=true`)."""
+        return len(self._outputs) == 2
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Normalised float32 `(N, 3, 32, 32)` -> logits `(N, classes)` and the maps, if any."""
+        got = self.session.run(self._outputs, {self._input_name: batch})
+        return np.asarray(got[0]), (np.asarray(got[1]) if len(got) == 2 else None)
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Normalised float32 `(N, 3, 32, 32)` -> logits `(N, classes)`."""
-        (logits,) = self.session.run(None, {self._input_name: batch})
-        return np.asarray(logits)
+        return self.run(batch)[0]
+
+    def predict_normalized(self, batch: np.ndarray) -> list[Prediction]:
+        """Normalised float32 `(N, 3, 32, 32)` -> one `Prediction` per image, in order."""
+        if len(batch) == 0:
+            return []
+        logits, cams = self.run(batch)
+        return postprocess(logits, self.info.classes, cams)
 
     def predict_arrays(self, images: np.ndarray) -> list[Prediction]:
         """uint8 RGB `(N, 32, 32, 3)` -> one `Prediction` per image, in order."""
-        if len(images) == 0:
-            return []
-        return postprocess(self.infer(preprocess(images)), self.info.classes)
+        return self.predict_normalized(preprocess(images))

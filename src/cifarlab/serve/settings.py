@@ -42,5 +42,10 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
     # Longest time a client may take to send its upload (slow senders get 408).
     upload_timeout_s: float = Field(default=30.0, gt=0)
+    # After refusing a request early (413, 422, ...), read and drop at most this much more
+    # of its body, for at most this long, so that clients which send the whole body before
+    # reading (urllib, requests) read the error instead of a connection reset. 0 = never.
+    drain_max_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
+    drain_timeout_s: float = Field(default=5.0, ge=0)
     # ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose (one per core).
     ort_threads: int = Field(default=0, ge=0)

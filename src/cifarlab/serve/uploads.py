@@ -208,3 +208,20 @@ async def read_uploads(
     if not ended:
         raise UploadError(422, "the multipart body ended early (truncated upload); resend it")
     return uploads
+
+
+async def read_body(request: Request, *, limit: int, what: str) -> bytes:
+    """The whole request body, refused (413) from Content-Length or as soon as it passes `limit`."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise UploadError(
+            413, f"the {what} is {_mb(int(length))}, more than the {_mb(limit)} accepted"
+        )
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise UploadError(413, f"the {what} passed {_mb(limit)}, more than accepted")
+        chunks.append(chunk)
+    return b"".join(chunks)
