@@ -84,6 +84,17 @@ class FastConfig:
     channels_last: bool = True
     threads: int = 0  # 0: all visible cores
     eval_batch_size: int = 2000
+    # JPEG augmentation (off at 0): `jpeg_copies` re-encoded copies of the training set are
+    # made once (Pillow, each image at its own random quality in `jpeg_quality`), and each
+    # batch takes a `jpeg_fraction` share of its images from a random copy by an index gather,
+    # so the loader's per-step cost does not change. The last `jpeg_clean_epochs` are clean.
+    jpeg_copies: int = 0
+    jpeg_quality: tuple[int, int] = (30, 95)  # inclusive Pillow quality range
+    jpeg_fraction: float = 0.5
+    jpeg_clean_epochs: int = 0
+    # Fraction of the training images held out (stratified, fixed seed) and used only to fit
+    # the softmax temperature after training; 0 trains on all of them, as speed runs do.
+    holdout: float = 0.0
 
     def validate(self) -> None:
         if self.epochs <= 0 or self.batch_size < 1:
@@ -94,6 +105,20 @@ class FastConfig:
             raise FastConfigError(f"preset {self.name!r}: tta_level must be 0, 1 or 2")
         if not 0 < self.lr_peak < 1:
             raise FastConfigError(f"preset {self.name!r}: lr_peak must be between 0 and 1")
+        if self.jpeg_copies < 0 or not 0 <= self.jpeg_fraction <= 1:
+            raise FastConfigError(
+                f"preset {self.name!r}: jpeg_copies must be >= 0 and jpeg_fraction in 0..1"
+            )
+        lo, hi = self.jpeg_quality
+        if not 1 <= lo <= hi <= 95:
+            raise FastConfigError(
+                f"preset {self.name!r}: jpeg_quality {self.jpeg_quality} must be two qualities "
+                "with 1 <= low <= high <= 95"
+            )
+        if not 0 <= self.holdout < 0.5:
+            raise FastConfigError(
+                f"preset {self.name!r}: holdout is a fraction of the training set in [0, 0.5)"
+            )
 
     def model_kwargs(self) -> dict[str, Any]:
         return {
@@ -159,6 +184,7 @@ class GpuStyleLoader:
         translate: int,
         generator: torch.Generator,
         channels_last: bool = True,
+        jpeg_copies: np.ndarray | None = None,
     ) -> None:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
             raise ValueError(f"expected uint8 (N, 32, 32, 3) images, got {images.shape}")
@@ -167,7 +193,15 @@ class GpuStyleLoader:
                 f"batch_size {batch_size} is larger than the {len(images)} training images; "
                 "lower it with a smaller preset or more data"
             )
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (N, 3, 32, 32)
+        n = len(images)
+        # Clean images first, then each JPEG copy (K, N, 32, 32, 3): copy k of image i sits at
+        # row k * N + i, so choosing a copy per image is part of the same gather.
+        self.n_copies = 0 if jpeg_copies is None else len(jpeg_copies)
+        if jpeg_copies is not None:
+            if jpeg_copies.shape[1:] != images.shape:
+                raise ValueError(f"JPEG copies {jpeg_copies.shape} do not match {images.shape}")
+            images = np.concatenate([images[None], jpeg_copies]).reshape(-1, *images.shape[1:])
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (M, 3, 32, 32)
         if translate:
             # Reflect padding on uint8 is not implemented in torch; pad once in float, in
             # chunks so the float copy never holds the whole set (50,000 images: 0.8 GB).
@@ -183,7 +217,7 @@ class GpuStyleLoader:
         self.translate = translate
         self.generator = generator
         self.channels_last = channels_last
-        self.flip_base = torch.rand(len(images), generator=generator) < 0.5
+        self.flip_base = torch.rand(n, generator=generator) < 0.5
         self.mean = torch.tensor(CIFAR_MEAN_255).view(1, 3, 1, 1)
         self.inv_std = 1.0 / torch.tensor(CIFAR_STD_255).view(1, 3, 1, 1)
 
@@ -191,10 +225,17 @@ class GpuStyleLoader:
     def steps_per_epoch(self) -> int:
         return len(self.labels) // self.batch_size  # drop the ragged last batch
 
-    def epoch(self, epoch: int, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(
+        self, epoch: int, size: int, jpeg_fraction: float = 0.0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
         g = self.generator
         order = torch.randperm(n, generator=g)
+        row = torch.arange(n)  # row of each image in `padded`: clean unless a copy is chosen
+        if self.n_copies and jpeg_fraction > 0:
+            use = torch.rand(n, generator=g) < jpeg_fraction
+            copy = torch.randint(1, self.n_copies + 1, (n,), generator=g)
+            row = torch.where(use, copy * n + row, row)
         # Alternating flips: a fixed random half in even epochs, the other half in odd ones.
         flip = self.flip_base ^ bool(epoch % 2)
         span = IMAGE_SIZE + 2 * self.translate - size  # possible offsets per axis
@@ -207,7 +248,8 @@ class GpuStyleLoader:
             fwd = ox[idx, None] + ar
             bwd = ox[idx, None] + (size - 1 - ar)
             cols = torch.where(flip[idx, None], bwd, fwd)  # (B, s), reversed = flipped
-            crop = self.padded[idx[:, None, None], rows[:, :, None], cols[:, None, :]]  # BHWC
+            src = row[idx, None, None]
+            crop = self.padded[src, rows[:, :, None], cols[:, None, :]]  # (B, s, s, 3)
             yield self._to_float(crop), self.labels[idx]
 
     def _to_float(self, crop_nhwc: torch.Tensor) -> torch.Tensor:
@@ -364,6 +406,13 @@ def train(
         torch.set_num_threads(cfg.threads)
     generator = set_seed(seed)
     images, labels = train_data
+    held: tuple[np.ndarray, np.ndarray] | None = None
+    if cfg.holdout > 0:
+        from cifarlab.data import stratified_split
+
+        keep, out = stratified_split(labels, val_fraction=cfg.holdout)
+        held = (images[out], labels[out])
+        images, labels = images[keep], labels[keep]
     env = env_info()
     if command:
         env["command"] = command
@@ -377,9 +426,17 @@ def train(
     model.init_whitening(to_input(images[: cfg.whiten_samples], channels_last=False))
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    copies = None
+    if cfg.jpeg_copies:
+        from cifarlab.jpeg import random_copies
+
+        t_jpeg = time.perf_counter()
+        copies = random_copies(images, cfg.jpeg_copies, cfg.jpeg_quality, seed)
+        log.info("%d JPEG copies in %.1fs", cfg.jpeg_copies, time.perf_counter() - t_jpeg)
     loader = GpuStyleLoader(
-        images, labels, cfg.batch_size, cfg.translate, generator, cfg.channels_last
+        images, labels, cfg.batch_size, cfg.translate, generator, cfg.channels_last, copies
     )
+    del copies  # the loader holds its own padded copy
     optimizer = _optimizer(model, cfg)
     total_steps = math.ceil(loader.steps_per_epoch * cfg.epochs)
     schedule = lr_schedule(total_steps, cfg.lr_start, cfg.lr_peak, cfg.lr_end)
@@ -400,7 +457,8 @@ def train(
         loss_sum = torch.zeros(())
         correct = torch.zeros((), dtype=torch.int64)
         n_epoch = 0
-        for x, y in loader.epoch(epoch, size):
+        clean = epoch >= math.ceil(cfg.epochs) - cfg.jpeg_clean_epochs
+        for x, y in loader.epoch(epoch, size, 0.0 if clean else cfg.jpeg_fraction):
             if step >= total_steps:
                 break
             for group in optimizer.param_groups:
@@ -461,6 +519,27 @@ def train(
             metrics["test_acc_flip"] = accuracy(logits["flip"], test_data[1])
         if "translate" in logits:
             metrics["test_acc_translate"] = accuracy(logits["translate"], test_data[1])
+    temperatures: dict[str, float] = {}
+    if held is not None:
+        # Fitted on the held-out training images only, never on the test set; one per TTA
+        # view because averaging mirrored logits changes their scale.
+        from cifarlab.evaluate import expected_calibration_error, fit_temperature, softmax
+
+        held_logits = predict_logits(model, held[0], dataclasses.replace(cfg, tta_level=1))
+        for view, lg in held_logits.items():
+            temperatures[view] = fit_temperature(lg.numpy(), held[1])
+            metrics[f"holdout_acc_{view}"] = accuracy(lg, held[1])
+        metrics["temperature"] = temperatures
+        if test_data is not None:
+            for view in ("none", "flip"):
+                z = logits[view].numpy() / temperatures[view]
+                key = "no_tta" if view == "none" else view
+                metrics[f"test_ece_{key}"] = expected_calibration_error(
+                    softmax(logits[view].numpy()), test_data[1]
+                )
+                metrics[f"test_ece_{key}_after_temperature"] = expected_calibration_error(
+                    softmax(z), test_data[1]
+                )
     eval_seconds = time.perf_counter() - t_eval
     wall = time.perf_counter() - t_start
     # The preset's TTA level is what the benchmark reports; `test_acc` in the checkpoint is
@@ -476,6 +555,9 @@ def train(
         "test_accuracy_no_tta": metrics.get("test_acc_no_tta"),
         "test_accuracy_flip_tta": metrics.get("test_acc_flip"),
         "tta_level": cfg.tta_level,
+        "holdout_images": 0 if held is None else len(held[1]),
+        "temperature": temperatures or None,
+        "test_ece": {k: v for k, v in metrics.items() if k.startswith("test_ece")} or None,
         "wall_seconds": round(wall, 2),
         "train_seconds": round(train_seconds, 2),
         "eval_seconds": round(eval_seconds, 2),
@@ -500,7 +582,11 @@ def train(
             "date": env["start_time"],
             # The reported accuracy uses TTA; exporters should wrap the same augmentation.
             "tta_level": cfg.tta_level,
-            "split": {"train": "train_full (50,000)", "eval": "test (10,000)"},
+            "split": {
+                "train": f"train_full minus the holdout ({len(labels):,} images)",
+                "holdout": f"{result['holdout_images']:,} images (stratified, temperature only)",
+                "eval": "test (10,000)",
+            },
         }
         from cifarlab.checkpoint import save_checkpoint
 

@@ -53,6 +53,41 @@ def register(sub: Any) -> None:
         default=None,
         help="bf16 autocast (pays only on CPUs with native bf16)",
     )
+    p.add_argument(
+        "--jpeg-copies",
+        type=int,
+        default=None,
+        help="JPEG augmentation: re-encoded copies of the training set to draw from (0: off)",
+    )
+    p.add_argument(
+        "--jpeg-quality",
+        type=int,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=None,
+        help="Pillow quality range of the JPEG copies (default 30 95)",
+    )
+    p.add_argument(
+        "--jpeg-fraction",
+        type=float,
+        default=None,
+        help="share of each batch taken from a JPEG copy (default 0.5)",
+    )
+    p.add_argument(
+        "--jpeg-clean-epochs",
+        type=int,
+        default=None,
+        help="last epochs that train on clean images only (default 0)",
+    )
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=None,
+        help="fraction of training images held out to fit the softmax temperature (default 0)",
+    )
+    p.add_argument(
+        "--widths", type=int, nargs=3, default=None, help="override the net's three widths"
+    )
     p.set_defaults(func=_fast_train)
 
 
@@ -66,6 +101,12 @@ def _fast_train(args: argparse.Namespace) -> int:
         overrides["threads"] = args.threads
     if args.bf16 is not None:
         overrides["bf16"] = args.bf16
+    for name in ("jpeg_copies", "jpeg_fraction", "jpeg_clean_epochs", "holdout"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    for name in ("jpeg_quality", "widths"):
+        if getattr(args, name) is not None:
+            overrides[name] = tuple(getattr(args, name))
     cfg = fast.get_preset(args.preset, **overrides)
     data.prepare(source=args.data_source, cache_dir=args.cache_dir, progress=False)
     train_data = data.load_split("train_full", cache_dir=args.cache_dir)
