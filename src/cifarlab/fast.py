@@ -403,9 +403,10 @@ def train(
             precision=rt.precision.value,
         )
         if run is not None:
-            # No held-out set picks a "best" epoch: best is the final weights, now with the
-            # test metrics.
-            run.save("best", p.model, {**p.meta, "epoch": len(fitted.history), "metrics": metrics})
+            # No held-out set picks a "best" epoch: best is the final weights; its metadata
+            # (the engine's schema) gains the test metrics.
+            _, meta = run.load("best")
+            run.save("best", p.model, {**meta, "metrics": {**meta["metrics"], **metrics}})
             run.write_json(RESULT_FILE, result)
         return result
 
