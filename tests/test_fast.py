@@ -207,3 +207,67 @@ def test_run_folder_reloads_and_matches_reported_accuracy(tmp_path: Path) -> Non
         logits = model(fast.to_input(test[0], channels_last=False))
     assert fast.accuracy(logits, test[1]) == pytest.approx(result["test_accuracy"])
     assert json.loads((tmp_path / "result.json").read_text())["seed"] == 1
+
+
+def _served_source(x: torch.Tensor, clean: torch.Tensor, copies: torch.Tensor) -> str:
+    """'clean' or 'jpeg': which stored version (or its mirror) one served crop is."""
+    for name, bank in (("clean", clean), ("jpeg", copies)):
+        for ref in bank:
+            if torch.allclose(x, ref, atol=1e-5) or torch.allclose(x, ref.flip(2), atol=1e-5):
+                return name
+    raise AssertionError("served crop matches no stored image")
+
+
+@pytest.mark.parametrize(("fraction", "expect"), [(0.0, {"clean"}), (1.0, {"jpeg"})])
+def test_loader_serves_jpeg_copies_by_fraction(fraction: float, expect: set[str]) -> None:
+    from cifarlab.jpeg import random_copies
+
+    images, labels = _synthetic(8)
+    copies = random_copies(images, 2, (20, 40), seed=0)
+    assert not np.array_equal(copies[0], images)  # re-encoding changed the pixels
+    loader = fast.GpuStyleLoader(images, labels, 4, 0, seed=0, jpeg_copies=copies)
+    clean = fast.to_input(images)
+    jpeg = fast.to_input(copies.reshape(-1, 32, 32, 3))
+    sources = set()
+    for x, _ in loader.epoch(1, 32, jpeg_fraction=fraction):
+        sources |= {_served_source(xi, clean, jpeg) for xi in x}
+    assert sources == expect
+
+
+def test_loader_mixes_clean_and_jpeg_at_half() -> None:
+    from cifarlab.jpeg import random_copies
+
+    images, labels = _synthetic(64)
+    copies = random_copies(images, 1, (20, 20), seed=0)
+    loader = fast.GpuStyleLoader(images, labels, 64, 0, seed=0, jpeg_copies=copies)
+    clean, jpeg = fast.to_input(images), fast.to_input(copies[0])
+    ((x, _),) = list(loader.epoch(1, 32, jpeg_fraction=0.5))
+    n_jpeg = sum(_served_source(xi, clean, jpeg) == "jpeg" for xi in x)
+    assert 16 <= n_jpeg <= 48  # Binomial(64, 0.5): outside this range has p < 1e-4
+
+
+def test_holdout_fits_a_temperature_and_trains_on_the_rest(tmp_path: Path) -> None:
+    images, labels = _synthetic(320)
+    cfg = _tiny_cfg(epochs=2.0, holdout=0.25, jpeg_copies=1, jpeg_clean_epochs=1)
+    result = fast.train(cfg, (images, labels), (images[:64], labels[:64]), tmp_path)
+    assert result["holdout_images"] == 80
+    temps = result["temperature"]
+    assert set(temps) == {"none", "flip"} and all(t > 0 for t in temps.values())
+    _, meta = load_model_from_run(tmp_path)
+    assert meta["metrics"]["temperature"] == temps
+    assert "test_ece_flip_after_temperature" in result["test_ece"]
+    # 240 images train; batches of 32 drop the ragged end: 7 steps of 32 per epoch.
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert len(rows) == 2
+    assert result["train_images"] == 2 * 7 * 32
+
+
+def test_jpeg_and_holdout_settings_are_validated() -> None:
+    with pytest.raises(fast.FastConfigError, match="jpeg_quality"):
+        fast.get_preset("quick", jpeg_quality=(50, 99))
+    with pytest.raises(fast.FastConfigError, match="holdout"):
+        fast.get_preset("quick", holdout=0.7)
+    args = build_parser().parse_args(
+        ["fast-train", "--jpeg-copies", "4", "--jpeg-quality", "30", "90", "--holdout", "0.05"]
+    )
+    assert args.jpeg_copies == 4 and args.jpeg_quality == [30, 90] and args.holdout == 0.05

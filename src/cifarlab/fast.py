@@ -63,7 +63,9 @@ class GpuStyleLoader:
     """Batches of normalised float crops from one in-memory uint8 tensor.
 
     Each epoch draws a permutation and per-image crop offsets; a single advanced-indexing
-    gather then produces crop, flip and the NHWC (channels_last) layout at once.
+    gather then produces crop, flip and the NHWC (channels_last) layout at once. With
+    `jpeg_copies` (K, N, 32, 32, 3), a `jpeg_fraction` share of each epoch's images comes from
+    a random JPEG copy (clean from epoch `jpeg_clean_from` on), chosen in the same gather.
     """
 
     def __init__(
@@ -76,6 +78,9 @@ class GpuStyleLoader:
         channels_last: bool = True,
         low_res: int = IMAGE_SIZE,
         low_res_epochs: int = 0,
+        jpeg_copies: np.ndarray | None = None,
+        jpeg_fraction: float = 0.0,
+        jpeg_clean_from: int | None = None,
     ) -> None:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
             raise ValueError(f"expected uint8 (N, 32, 32, 3) images, got {images.shape}")
@@ -84,7 +89,15 @@ class GpuStyleLoader:
                 f"batch_size {batch_size} is larger than the {len(images)} training images; "
                 "lower it with a smaller preset or more data"
             )
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (N, 3, 32, 32)
+        n = len(images)
+        # Clean images first, then each JPEG copy (K, N, 32, 32, 3): copy k of image i sits at
+        # row k * N + i, so choosing a copy per image is part of the same gather.
+        self.n_copies = 0 if jpeg_copies is None else len(jpeg_copies)
+        if jpeg_copies is not None:
+            if jpeg_copies.shape[1:] != images.shape:
+                raise ValueError(f"JPEG copies {jpeg_copies.shape} do not match {images.shape}")
+            images = np.concatenate([images[None], jpeg_copies]).reshape(-1, *images.shape[1:])
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (M, 3, 32, 32)
         if translate:
             # Reflect padding on uint8 is not implemented in torch; pad once in float, in
             # chunks so the float copy never holds the whole set (50,000 images: 0.8 GB).
@@ -101,8 +114,9 @@ class GpuStyleLoader:
         self.seed = seed
         self.channels_last = channels_last
         self.low_res, self.low_res_epochs = low_res, low_res_epochs
+        self.jpeg_fraction, self.jpeg_clean_from = jpeg_fraction, jpeg_clean_from
         flip_gen = torch.Generator().manual_seed(derive_seed(seed, "flip"))
-        self.flip_base = torch.rand(len(images), generator=flip_gen) < 0.5
+        self.flip_base = torch.rand(n, generator=flip_gen) < 0.5
         self.mean = torch.tensor(CIFAR_MEAN_255).view(1, 3, 1, 1)
         self.inv_std = 1.0 / torch.tensor(CIFAR_STD_255).view(1, 3, 1, 1)
 
@@ -114,15 +128,26 @@ class GpuStyleLoader:
         """Crop side in `epoch` (1-based): `low_res` for the first `low_res_epochs`."""
         return self.low_res if epoch <= self.low_res_epochs else IMAGE_SIZE
 
+    def fraction(self, epoch: int) -> float:
+        """Share of `epoch`'s images served from a JPEG copy."""
+        clean = self.jpeg_clean_from is not None and epoch >= self.jpeg_clean_from
+        return 0.0 if clean else self.jpeg_fraction
+
     def epoch(
-        self, epoch: int, size: int | None = None
+        self, epoch: int, size: int | None = None, jpeg_fraction: float | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of `epoch` (1-based); its randomness derives from `(seed, epoch)` alone,
         so a resumed run draws exactly what an uninterrupted one does."""
         size = size or self.size(epoch)
+        fraction = self.fraction(epoch) if jpeg_fraction is None else jpeg_fraction
         n = len(self.labels)
         g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, "crops"))
         order = torch.randperm(n, generator=g)
+        row = torch.arange(n)  # row of each image in `padded`: clean unless a copy is chosen
+        if self.n_copies and fraction > 0:
+            use = torch.rand(n, generator=g) < fraction
+            copy = torch.randint(1, self.n_copies + 1, (n,), generator=g)
+            row = torch.where(use, copy * n + row, row)
         # Alternating flips: a fixed random half in odd epochs, the other half in even ones.
         flip = self.flip_base ^ bool((epoch - 1) % 2)
         span = IMAGE_SIZE + 2 * self.translate - size  # possible offsets per axis
@@ -135,7 +160,8 @@ class GpuStyleLoader:
             fwd = ox[idx, None] + ar
             bwd = ox[idx, None] + (size - 1 - ar)
             cols = torch.where(flip[idx, None], bwd, fwd)  # (B, s), reversed = flipped
-            crop = self.padded[idx[:, None, None], rows[:, :, None], cols[:, None, :]]  # BHWC
+            src = row[idx, None, None]
+            crop = self.padded[src, rows[:, :, None], cols[:, None, :]]  # (B, s, s, 3)
             yield self._to_float(crop), self.labels[idx]
 
     def _to_float(self, crop_nhwc: torch.Tensor) -> torch.Tensor:
@@ -291,6 +317,13 @@ def plan(cfg: FastConfig, train_data: tuple[np.ndarray, np.ndarray]) -> TrainPla
     model.init_whitening(to_input(images[: cfg.whiten_samples], channels_last=False))
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    copies = None
+    if cfg.jpeg_copies:
+        from cifarlab.jpeg import random_copies
+
+        t_jpeg = time.perf_counter()
+        copies = random_copies(images, cfg.jpeg_copies, cfg.jpeg_quality, cfg.seed)
+        log.info("%d JPEG copies in %.1fs", cfg.jpeg_copies, time.perf_counter() - t_jpeg)
     loader = GpuStyleLoader(
         images,
         labels,
@@ -300,10 +333,15 @@ def plan(cfg: FastConfig, train_data: tuple[np.ndarray, np.ndarray]) -> TrainPla
         cfg.channels_last,
         low_res=cfg.low_res,
         low_res_epochs=cfg.low_res_epochs,
+        jpeg_copies=copies,
+        jpeg_fraction=cfg.jpeg_fraction,
+        # The last `jpeg_clean_epochs` epochs train on clean images only.
+        jpeg_clean_from=math.ceil(cfg.epochs) - cfg.jpeg_clean_epochs + 1,
     )
     if cfg.head_unit_init:
         with torch.no_grad():
             model.head.weight.div_(model.head.weight.std())
+    del copies  # the loader holds its own padded copy
     optimizer = _optimizer(model, cfg)
     total_steps = math.ceil(loader.steps_per_epoch * cfg.epochs)
     # The lookahead pull starts negligible and grows cubically to 0.95**5 per pull.
@@ -354,14 +392,22 @@ def train(
 
     Returns the result dict also written to `run_dir/result.json` (empty when
     `stop_after_epoch` ended the call before the last epoch). `wall_seconds` covers model
-    build, whitening, training and the final evaluation (data already in memory).
+    build, whitening, training and the final evaluation (data already in memory). With
+    `cfg.holdout`, that share of `train_data` (stratified) only fits the softmax temperature.
     """
     cfg.validate()
     t_start = time.perf_counter()
+    train_data, held = _split_holdout(cfg, train_data)
     with engine.runtime(cfg.precision, cfg.threads, cfg.progress) as rt:
         run = RunDir(run_dir) if run_dir is not None else None
         engine.set_seed(cfg.seed)
         p = plan(cfg, train_data)
+        if held is not None:
+            p.meta["split"] = {
+                "train": f"train_full minus the holdout ({len(train_data[1]):,} images)",
+                "holdout": f"{len(held[1]):,} images (stratified, temperature only)",
+                "eval": "test (10,000)",
+            }
         if run is not None:
             # Reruns of a preset replace the old run folder (the benchmark's habit).
             engine.open_run(run, cfg.to_config(), rt, resume, overwrite=True)
@@ -375,29 +421,18 @@ def train(
             "train_loss": fitted.history[-1]["train_loss"],
             "train_acc": fitted.history[-1]["train_acc"],
         }
-        if test_data is not None:
-            ev = engine.evaluate(
-                p.model,
-                *test_data,
-                batch_size=cfg.eval_batch_size,
-                bf16=rt.bf16,
-                channels_last=cfg.channels_last,
-                tta=cfg.tta_level,
-                progress=cfg.progress,
-            )
-            names = {
-                "none": "test_acc_no_tta",
-                "flip": "test_acc_flip",
-                "translate": "test_acc_translate",
-            }
-            metrics.update({names[k]: v for k, v in ev.tta_acc.items()})
-            # `test_acc` in the checkpoint is the flip-TTA number, which `cifarlab export
-            # --tta` reproduces in the ONNX graph.
-            metrics["test_acc"] = metrics.get("test_acc_flip", metrics["test_acc_no_tta"])
+        test = _evaluate(cfg, p, rt, test_data, metrics) if test_data is not None else None
+        scored = (test, test_data[1]) if test is not None and test_data is not None else None
+        temperatures = _calibrate(cfg, p, rt, held, scored, metrics) if held is not None else {}
         eval_seconds = time.perf_counter() - t_eval
         result = _result(cfg, fitted, metrics, p, time.perf_counter() - t_start, eval_seconds)
-        result["threads"] = torch.get_num_threads()
-        result["precision"] = rt.precision.value
+        result.update(
+            holdout_images=0 if held is None else len(held[1]),
+            temperature=temperatures or None,
+            test_ece={k: v for k, v in metrics.items() if k.startswith("test_ece")} or None,
+            threads=torch.get_num_threads(),
+            precision=rt.precision.value,
+        )
         if run is not None:
             # No held-out set picks a "best" epoch: best is the final weights; its metadata
             # (the engine's schema) gains the test metrics.
@@ -405,6 +440,85 @@ def train(
             run.save("best", p.model, {**meta, "metrics": {**meta["metrics"], **metrics}})
             run.write_json(RESULT_FILE, result)
         return result
+
+
+def _split_holdout(
+    cfg: FastConfig, data: tuple[np.ndarray, np.ndarray]
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+    """(training images, held-out images or None): `cfg.holdout` of each class held out."""
+    if cfg.holdout <= 0:
+        return data, None
+    from cifarlab.data import stratified_split
+
+    images, labels = data
+    keep, out = stratified_split(labels, val_fraction=cfg.holdout)
+    return (images[keep], labels[keep]), (images[out], labels[out])
+
+
+def _evaluate(
+    cfg: FastConfig,
+    p: TrainPlan,
+    rt: engine.Runtime,
+    test_data: tuple[np.ndarray, np.ndarray],
+    metrics: dict[str, Any],
+) -> engine.EvalResult:
+    """Test accuracy at every TTA level up to the preset's, into `metrics`."""
+    ev = engine.evaluate(
+        p.model,
+        *test_data,
+        batch_size=cfg.eval_batch_size,
+        bf16=rt.bf16,
+        channels_last=cfg.channels_last,
+        tta=cfg.tta_level,
+        return_logits=cfg.holdout > 0,  # the calibration needs them
+        progress=cfg.progress,
+    )
+    names = {"none": "test_acc_no_tta", "flip": "test_acc_flip", "translate": "test_acc_translate"}
+    metrics.update({names[k]: v for k, v in ev.tta_acc.items()})
+    # `test_acc` in the checkpoint is the flip-TTA number, which `cifarlab export --tta`
+    # reproduces in the ONNX graph.
+    metrics["test_acc"] = metrics.get("test_acc_flip", metrics["test_acc_no_tta"])
+    return ev
+
+
+def _calibrate(
+    cfg: FastConfig,
+    p: TrainPlan,
+    rt: engine.Runtime,
+    held: tuple[np.ndarray, np.ndarray],
+    test: tuple[engine.EvalResult, np.ndarray] | None,
+    metrics: dict[str, Any],
+) -> dict[str, float]:
+    """Softmax temperatures fitted on the held-out training images only, never on the test
+    set; one per TTA view (none, flip) because averaging mirrored logits changes their scale.
+    Test ECE before and after goes into `metrics`."""
+    from cifarlab.evaluate import expected_calibration_error, fit_temperature
+    from cifarlab.io import softmax
+
+    ev = engine.evaluate(
+        p.model,
+        *held,
+        batch_size=cfg.eval_batch_size,
+        bf16=rt.bf16,
+        channels_last=cfg.channels_last,
+        tta=1,
+        return_logits=True,
+    )
+    temperatures = {v: fit_temperature(lg.numpy(), held[1]) for v, lg in ev.tta_logits.items()}
+    metrics.update({f"holdout_acc_{v}": acc for v, acc in ev.tta_acc.items()})
+    metrics["temperature"] = temperatures
+    if test is not None:
+        scored, labels = test
+        for view in ("none", "flip"):
+            if view not in scored.tta_logits:
+                continue
+            z = scored.tta_logits[view].numpy()
+            key = "no_tta" if view == "none" else view
+            metrics[f"test_ece_{key}"] = expected_calibration_error(softmax(z), labels)
+            metrics[f"test_ece_{key}_after_temperature"] = expected_calibration_error(
+                softmax(z / temperatures[view]), labels
+            )
+    return temperatures
 
 
 def _result(

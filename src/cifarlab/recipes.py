@@ -301,6 +301,19 @@ class FastConfig(Recipe):
     whiten_samples: int = opt(5000, "images used to estimate the patch covariance")
     channels_last: bool = opt(True, "channels_last memory format")
     eval_batch_size: int = opt(2000, "test evaluation batch size")
+    # JPEG augmentation (off at 0): `jpeg_copies` re-encoded copies of the training set are
+    # made once (Pillow, each image at its own random quality in `jpeg_quality`), and each
+    # batch takes a `jpeg_fraction` share of its images from a random copy by an index gather,
+    # so the loader's per-step cost does not change. The last `jpeg_clean_epochs` are clean.
+    jpeg_copies: int = opt(0, "JPEG augmentation: re-encoded copies of the training set (0: off)")
+    jpeg_quality: tuple[int, int] = opt(
+        (30, 95), "inclusive Pillow quality range of the JPEG copies (LOW HIGH)"
+    )
+    jpeg_fraction: float = opt(0.5, "share of each batch taken from a JPEG copy")
+    jpeg_clean_epochs: int = opt(0, "last epochs that train on clean images only")
+    # Fraction of the training images held out (stratified, fixed seed) and used only to fit
+    # the softmax temperature after training; 0 trains on all of them, as speed runs do.
+    holdout: float = opt(0.0, "fraction of training images held out to fit the softmax temperature")
 
     def validate(self) -> None:
         super().validate()
@@ -318,6 +331,20 @@ class FastConfig(Recipe):
             )
         if self.lookahead_every < 0:
             raise FastConfigError(f"preset {self.name!r}: lookahead_every must be >= 0")
+        if self.jpeg_copies < 0 or not 0 <= self.jpeg_fraction <= 1:
+            raise FastConfigError(
+                f"preset {self.name!r}: jpeg_copies must be >= 0 and jpeg_fraction in 0..1"
+            )
+        lo, hi = self.jpeg_quality
+        if not 1 <= lo <= hi <= 95:
+            raise FastConfigError(
+                f"preset {self.name!r}: jpeg_quality {self.jpeg_quality} must be two qualities "
+                "with 1 <= low <= high <= 95"
+            )
+        if not 0 <= self.holdout < 0.5:
+            raise FastConfigError(
+                f"preset {self.name!r}: holdout is a fraction of the training set in [0, 0.5)"
+            )
 
     def model_kwargs(self) -> dict[str, Any]:
         return {
