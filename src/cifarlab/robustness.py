@@ -1,0 +1,315 @@
+"""Robustness of a model to CIFAR-10-C corruptions and to JPEG re-encoding.
+
+    cifarlab robustness src/cifarlab/serve/models/default.onnx --label bundled
+    cifarlab robustness runs/robust94-s0 --tta --subset 2000
+
+The target is an exported `.onnx` file or a run folder (exported to a temporary ONNX file
+first); inference goes through ONNX Runtime via the serving `Predictor`, in batches, so the
+numbers are those of the graph that is (or would be) served. Measured on the official test
+set, or on a fixed stratified subset of it (`--subset N`, same images for every model):
+
+- clean accuracy and ECE (15 bins, of the graph's probabilities);
+- JPEG sweep: accuracy and ECE on Pillow re-encodings at each quality in `JPEG_QUALITIES`;
+- the 15 corruptions x 5 severities of `cifarlab.corruptions` (CIFAR-10-C's parameters):
+  accuracy per cell and the mean corruption accuracy over all 75 cells (the RobustBench
+  "common corruptions" number).
+
+The corrupted test sets are generated once per seed and cached as `.npy` under
+`<cache>/cifar10-c-v<generator version>-seed<seed>/` (2.3 GB for all 75 arrays); the results
+are merged under the model's label into `reports/robustness.json`, which carries its
+provenance, and a heatmap per model goes to `reports/figures/robustness_<label>.png`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifarlab import corruptions as cc
+from cifarlab.checkpoint import _atomic_write_bytes, write_json_atomic
+from cifarlab.errors import CifarlabError
+from cifarlab.jpeg import reencode
+from cifarlab.runinfo import git_sha, hardware
+
+log = logging.getLogger(__name__)
+
+JPEG_QUALITIES: tuple[int, ...] = (90, 75, 50, 30)
+ECE_BINS = 15
+RESULTS_FILE = Path("reports") / "robustness.json"
+FIGURES_DIR = Path("reports") / "figures"
+# Anchor from the issue: RobustBench's standard-trained WideResNet-28-10 on CIFAR-10-C.
+ANCHOR = {
+    "model": "WideResNet-28-10 (standard training, RobustBench)",
+    "clean": 0.9478,
+    "mean_corruption_accuracy": 0.7346,
+}
+
+
+class RobustnessError(CifarlabError):
+    """A target that cannot be measured, or a results file that cannot be merged."""
+
+
+# ---------------------------------------------------------------------------- test sets
+
+
+def cache_folder(cache_root: Path, seed: int) -> Path:
+    return Path(cache_root) / f"cifar10-c-v{cc.GENERATOR_VERSION}-seed{seed}"
+
+
+def corrupted(
+    images: np.ndarray, name: str, severity: int, seed: int, cache_root: Path | None
+) -> np.ndarray:
+    """The corrupted test set for (name, severity), from the cache or generated and cached."""
+    if cache_root is None:
+        return cc.corrupt(images, name, severity, seed)
+    path = cache_folder(cache_root, seed) / f"{name}-{severity}.npy"
+    if path.is_file():
+        arr = np.load(path, allow_pickle=False)
+        if arr.shape == images.shape and arr.dtype == np.uint8:
+            return arr
+        log.warning("ignoring %s: shape %s does not match the test set", path, arr.shape)
+    t0 = time.perf_counter()
+    arr = cc.corrupt(images, name, severity, seed)
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    _atomic_write_bytes(path, buf.getvalue())  # temp file + rename: no half-written cache
+    log.info("generated %s severity %d in %.1fs", name, severity, time.perf_counter() - t0)
+    return arr
+
+
+def stratified_subset(labels: np.ndarray, n: int) -> np.ndarray:
+    """Sorted indices of a fixed, class-balanced `n`-image subset (the data split's hashing)."""
+    from cifarlab.data import stratified_split
+
+    if not 0 < n <= len(labels):
+        raise RobustnessError(f"--subset must be in 1..{len(labels)}, got {n}")
+    if n == len(labels):
+        return np.arange(len(labels))
+    _, chosen = stratified_split(labels, val_fraction=n / len(labels))
+    return chosen
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    from cifarlab.evaluate import expected_calibration_error
+
+    return expected_calibration_error(probs, labels, n_bins)
+
+
+Infer = Callable[[np.ndarray], np.ndarray]  # uint8 (N, 32, 32, 3) -> logits (N, C)
+
+
+def predictor_infer(onnx_path: Path, batch_size: int = 500) -> tuple[Infer, dict[str, Any]]:
+    """Batched ONNX Runtime inference through the serving path, plus the model's metadata."""
+    from dataclasses import asdict
+
+    from cifarlab.serve.predictor import Predictor, preprocess
+
+    predictor = Predictor(onnx_path)
+
+    def infer(images: np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [
+                predictor.infer(preprocess(images[i : i + batch_size]))
+                for i in range(0, len(images), batch_size)
+            ]
+        )
+
+    return infer, asdict(predictor.info)
+
+
+def measure(
+    infer: Infer,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    seed: int = 0,
+    cache_root: Path | None = None,
+    subset: np.ndarray | None = None,
+    names: Iterable[str] = cc.CORRUPTIONS,
+    jpeg_qualities: Iterable[int] = JPEG_QUALITIES,
+) -> dict[str, Any]:
+    """Accuracy (and ECE where cheap) on clean, JPEG and corrupted copies of `images`.
+
+    Corruptions are generated on all of `images` (so a subset sees the same pixels as a full
+    run) and then restricted to `subset`.
+    """
+    idx = np.arange(len(labels)) if subset is None else subset
+    y = labels[idx]
+
+    def score(x: np.ndarray) -> tuple[float, float]:
+        logits = infer(x)
+        return float((logits.argmax(1) == y).mean()), ece(softmax(logits), y)
+
+    t0 = time.perf_counter()
+    clean_acc, clean_ece = score(images[idx])
+    jpeg = {}
+    for q in jpeg_qualities:
+        acc, e = score(reencode(images[idx], q))
+        jpeg[str(q)] = {"accuracy": acc, "ece": e, "drop": clean_acc - acc}
+    table: dict[str, dict[str, float]] = {}
+    for name in names:
+        table[name] = {}
+        for s in cc.SEVERITIES:
+            x = corrupted(images, name, s, seed, cache_root)[idx]
+            table[name][str(s)] = score(x)[0]
+        log.info("%s: %s", name, " ".join(f"{v:.3f}" for v in table[name].values()))
+    cells = [v for row in table.values() for v in row.values()]
+    return {
+        "n_images": len(idx),
+        "subset": None if subset is None else f"stratified {len(idx)} of {len(labels)}",
+        "clean": {"accuracy": clean_acc, "ece": clean_ece},
+        "jpeg": jpeg,
+        "corruptions": table,
+        "mean_corruption_accuracy": float(np.mean(cells)) if cells else None,
+        "per_severity": {
+            str(s): float(np.mean([row[str(s)] for row in table.values()])) for s in cc.SEVERITIES
+        }
+        if table
+        else {},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def heatmap(label: str, result: dict[str, Any], path: Path) -> Path:
+    """Accuracy per corruption (rows) and severity (columns), with the clean and JPEG numbers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["corruptions"])
+    grid = np.array([[result["corruptions"][n][str(s)] for s in cc.SEVERITIES] for n in names])
+    fig, ax = plt.subplots(figsize=(6, 7))
+    im = ax.imshow(grid * 100, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for (r, c), v in np.ndenumerate(grid):
+        ax.text(
+            c,
+            r,
+            f"{v * 100:.0f}",
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if v < 0.6 else "black",
+        )
+    ax.set_xticks(range(len(cc.SEVERITIES)), [str(s) for s in cc.SEVERITIES])
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("severity")
+    mca = result["mean_corruption_accuracy"]
+    ax.set_title(
+        f"{label}: clean {result['clean']['accuracy'] * 100:.1f}%, "
+        f"mean corruption {mca * 100:.1f}%\n({result['n_images']:,} test images)",
+        fontsize=10,
+    )
+    fig.colorbar(im, ax=ax, label="accuracy (%)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    _atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def provenance(command: str | None = None) -> dict[str, Any]:
+    return {
+        "command": command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "git_sha": git_sha(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "hardware": hardware(),
+    }
+
+
+def merge_result(path: Path, label: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """Put `entry` under `models[label]` of the JSON at `path` (other models are kept)."""
+    data: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise RobustnessError(f"{path} is not valid JSON ({exc}); move it away") from None
+    data.setdefault("models", {})[label] = entry
+    data["generator"] = {
+        "module": "cifarlab.corruptions",
+        "version": cc.GENERATOR_VERSION,
+        "parameters": "CIFAR-10-C (Hendrycks & Dietterich 2019, make_cifar_c.py)",
+        "corruptions": list(cc.CORRUPTIONS),
+        "severities": list(cc.SEVERITIES),
+        "jpeg_encoder": "Pillow, default 4:2:0 subsampling",
+    }
+    data["anchor"] = ANCHOR
+    write_json_atomic(path, data)
+    return data
+
+
+def run(
+    target: Path,
+    *,
+    label: str | None = None,
+    tta: bool = False,
+    subset: int | None = None,
+    seed: int = 0,
+    cache_root: Path | None = None,
+    data_cache: Path | None = None,
+    out: Path = RESULTS_FILE,
+    figures: Path = FIGURES_DIR,
+    names: Iterable[str] = cc.CORRUPTIONS,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Measure `target` (.onnx or run folder) and merge its entry into `out`."""
+    from cifarlab.data import load_split
+
+    target = Path(target)
+    images, labels = load_split("test", cache_dir=data_cache)
+    idx = stratified_subset(labels, subset) if subset else None
+    with tempfile.TemporaryDirectory() as tmp:
+        if target.suffix == ".onnx":
+            onnx_path = target
+        elif target.is_dir():
+            from cifarlab.export import export_run
+
+            onnx_path = Path(tmp) / "model.onnx"
+            export_run(target, onnx_path, tta=tta, parity_images=0)
+        else:
+            raise RobustnessError(
+                f"{target} is neither an .onnx file nor a run folder; pass "
+                "src/cifarlab/serve/models/default.onnx or runs/NAME"
+            )
+        infer, info = predictor_infer(onnx_path)
+        result = measure(
+            infer, images, labels, seed=seed, cache_root=cache_root, subset=idx, names=names
+        )
+    label = label or (target.stem if target.suffix == ".onnx" else target.name)
+    entry = {
+        "target": target.name if target.suffix == ".onnx" else f"runs/{target.name}",
+        "model": {k: info.get(k) for k in ("name", "run", "tta", "sha256", "temperature")},
+        **result,
+        "seed": seed,
+        "provenance": provenance(command),
+    }
+    if result["corruptions"]:
+        fig = heatmap(label, result, figures / f"robustness_{label}.png")
+        entry["figure"] = fig.name
+    merge_result(out, label, entry)
+    return entry
