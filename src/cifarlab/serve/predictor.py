@@ -55,6 +55,9 @@ class ModelInfo:
     exporter: str | None = None
     opset: int | None = None
     cifarlab_version: str | None = None
+    # The graph's logits are already divided by this (fitted on held-out training images), so
+    # its softmax is the calibrated probability; None: an uncalibrated graph.
+    temperature: float | None = None
     # Not stored in the file itself (it cannot contain its own hash): filled in on load.
     sha256: str | None = field(default=None, compare=False)
 
