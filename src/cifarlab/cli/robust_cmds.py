@@ -53,6 +53,11 @@ def register(sub: Any) -> None:
     p.add_argument("--cache-dir", type=Path, default=None, help="data cache ($CIFARLAB_CACHE)")
     p.add_argument("--out", type=Path, default=Path("reports/robustness.json"), help="results JSON")
     p.add_argument("--figures", type=Path, default=Path("reports/figures"), help="heatmap folder")
+    p.add_argument(
+        "--generate-only",
+        action="store_true",
+        help="only generate and cache the corrupted test sets (TARGET is ignored)",
+    )
     p.set_defaults(func=_robustness)
 
 
@@ -61,6 +66,12 @@ def _robustness(args: argparse.Namespace) -> int:
     from cifarlab.data import default_cache_dir
 
     cache_root = args.corruption_cache or (args.cache_dir or default_cache_dir())
+    if args.generate_only:
+        files = robustness.generate(
+            cache_root, seed=args.seed, names=args.corruptions, data_cache=args.cache_dir
+        )
+        print(f"{len(files)} corrupted test sets cached in {files[0].parent if files else '-'}")
+        return 0
     entry = robustness.run(
         args.target,
         label=args.label,
