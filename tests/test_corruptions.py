@@ -133,3 +133,48 @@ def test_measure_scores_clean_jpeg_and_corruptions_and_merges(tmp_path: Path) ->
     robustness.merge_result(out, "a", {"x": 1})
     robustness.merge_result(out, "b", {"x": 2})
     assert set(json.loads(out.read_text())["models"]) == {"a", "b"}
+
+
+def test_health_shows_the_robustness_summary_of_this_very_file(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from cifarlab.serve.app import create_app
+    from cifarlab.serve.predictor import file_sha256
+    from cifarlab.serve.settings import Settings
+    from tiny_onnx import write_tiny_model
+
+    model = write_tiny_model(tmp_path / "m.onnx")
+    side = model.with_suffix(".json")
+    side.write_text(json.dumps({"sha256": file_sha256(model)}))
+    entry = {
+        "clean": {"accuracy": 0.9, "ece": 0.01},
+        "jpeg": {"75": {"accuracy": 0.88, "ece": 0.02}},
+        "mean_corruption_accuracy": 0.7,
+        "corruptions_measured": 15,
+        "n_images": 10000,
+    }
+    assert robustness.update_sidecar(model, "bundled", entry)
+    with TestClient(create_app(Settings(model_path=model))) as client:
+        got = client.get("/health").json()["model"]["robustness"]
+    assert got["jpeg75_accuracy"] == 0.88 and got["mean_corruption_accuracy"] == 0.7
+    assert got["source"] == "reports/robustness.json#models.bundled"
+    # A side-car that describes another file is not believed.
+    side.write_text(json.dumps({"sha256": "0" * 64, "robustness": {"clean_accuracy": 1.0}}))
+    assert not robustness.update_sidecar(model, "bundled", entry)
+    with TestClient(create_app(Settings(model_path=model))) as client:
+        assert client.get("/health").json()["model"]["robustness"] is None
+
+
+def test_report_section_renders_every_model_from_the_json() -> None:
+    entry = {
+        "n_images": 2000,
+        "subset": "stratified 2000 of 10000",
+        "clean": {"accuracy": 0.9, "ece": 0.01},
+        "jpeg": {"75": {"accuracy": 0.8, "ece": 0.05}, "50": {"accuracy": 0.7, "ece": 0.06}},
+        "corruptions": {"fog": {str(s): 0.5 for s in cc.SEVERITIES}},
+        "mean_corruption_accuracy": 0.5,
+    }
+    lines = robustness.render_section({"models": {"a": entry, "b": {**entry, "subset": None}}})
+    text = "\n".join(lines)
+    assert "| a | 2,000 (subset) | 90.00% | 80.00% | 70.00% | 50.00% | 1.00% | 5.00% |" in text
+    assert "| b | 2,000 |" in text and "| fog | 50.00% | 50.00% |" in text

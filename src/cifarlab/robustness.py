@@ -302,6 +302,38 @@ def merge_result(path: Path, label: str, entry: dict[str, Any]) -> dict[str, Any
     return data
 
 
+def summary(label: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers /health shows, with where they come from."""
+    q75 = entry.get("jpeg", {}).get("75", {})
+    return {
+        "clean_accuracy": entry["clean"]["accuracy"],
+        "clean_ece": entry["clean"]["ece"],
+        "jpeg75_accuracy": q75.get("accuracy"),
+        "jpeg75_ece": q75.get("ece"),
+        "mean_corruption_accuracy": entry.get("mean_corruption_accuracy"),
+        "corruptions_measured": entry.get("corruptions_measured"),
+        "test_images": entry["n_images"],
+        "source": f"reports/robustness.json#models.{label}",
+    }
+
+
+def update_sidecar(onnx_path: Path, label: str, entry: dict[str, Any]) -> bool:
+    """Copy the summary into the model's side-car JSON when it describes this very file."""
+    from cifarlab.serve.predictor import file_sha256
+
+    side = onnx_path.with_suffix(".json")
+    try:
+        data = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if not isinstance(data, dict) or data.get("sha256") != file_sha256(onnx_path):
+        log.warning("not updating %s: it describes another file", side)
+        return False
+    data["robustness"] = summary(label, entry)
+    write_json_atomic(side, data)
+    return True
+
+
 def run(
     target: Path,
     *,
@@ -351,6 +383,8 @@ def run(
         entry["figure"] = f"robustness_{label}.png"
     data = merge_result(out, label, entry)
     merged = data["models"][label]
+    if target.suffix == ".onnx":
+        update_sidecar(target, label, merged)
     if merged["corruptions"]:
         heatmap(label, merged, figures / merged["figure"])
     update_report(out.parent / "REPORT.md", data)

@@ -58,6 +58,9 @@ class ModelInfo:
     # The graph's logits are already divided by this (fitted on held-out training images), so
     # its softmax is the calibrated probability; None: an uncalibrated graph.
     temperature: float | None = None
+    # Clean / JPEG-75 / mean-corruption accuracy and ECE, measured after export by
+    # `cifarlab robustness` and kept in the side-car JSON (a file cannot hold its own result).
+    robustness: dict[str, Any] | None = field(default=None, compare=False)
     # Not stored in the file itself (it cannot contain its own hash): filled in on load.
     sha256: str | None = field(default=None, compare=False)
 
@@ -70,6 +73,7 @@ class ModelInfo:
         """String key/values for ONNX `metadata_props` (JSON-encoded values)."""
         data = asdict(self)
         data.pop("sha256")
+        data.pop("robustness")
         return {_PREFIX + k: json.dumps(v) for k, v in data.items() if v is not None}
 
     @classmethod
@@ -88,7 +92,7 @@ class ModelInfo:
                 ) from None
         if not values:
             log.warning("the model has no cifarlab metadata; assuming CIFAR-10 classes and stats")
-        known = {f for f in cls.__dataclass_fields__ if f != "sha256"}
+        known = {f for f in cls.__dataclass_fields__ if f not in ("sha256", "robustness")}
         unknown = sorted(set(values) - known)
         if unknown:
             log.warning("ignoring unknown model metadata keys: %s", ", ".join(unknown))
@@ -150,6 +154,19 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _sidecar_robustness(path: Path, sha256: str) -> dict[str, Any] | None:
+    """The `robustness` summary of the side-car JSON, if it describes this very file."""
+    side = path.with_suffix(".json")
+    try:
+        data = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    summary = data.get("robustness") if isinstance(data, dict) else None
+    if not isinstance(summary, dict) or data.get("sha256") != sha256:
+        return None
+    return summary
+
+
 class Predictor:
     """An ONNX Runtime session plus the model's metadata; safe to call from one thread."""
 
@@ -182,7 +199,10 @@ class Predictor:
         self.path = path
         props = self.session.get_modelmeta().custom_metadata_map
         info = ModelInfo.from_props(props, default_name=path.stem)
-        self.info = ModelInfo(**{**asdict(info), "sha256": file_sha256(path)})
+        sha = file_sha256(path)
+        self.info = ModelInfo(
+            **{**asdict(info), "sha256": sha, "robustness": _sidecar_robustness(path, sha)}
+        )
         self._check_contract()
 
     @classmethod
