@@ -358,10 +358,17 @@ def run(
         if target.suffix == ".onnx":
             onnx_path = target
         elif target.is_dir():
-            from cifarlab.export import export_run
+            from cifarlab.checkpoint import load_checkpoint
+            from cifarlab.export import ExportError, export_run, run_temperature
 
+            # Calibrated like its served export when the run fitted a temperature.
+            temperature: float | None
+            try:
+                temperature = run_temperature(load_checkpoint(target / "best")[1], tta)
+            except ExportError:
+                temperature = None
             onnx_path = Path(tmp) / "model.onnx"
-            export_run(target, onnx_path, tta=tta, parity_images=0)
+            export_run(target, onnx_path, tta=tta, parity_images=0, temperature=temperature)
         else:
             raise RobustnessError(
                 f"{target} is neither an .onnx file nor a run folder; pass "
