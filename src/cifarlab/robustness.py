@@ -257,9 +257,18 @@ def heatmap(label: str, result: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def public_command(command: str) -> str:
+    """The command with machine-local folders (the corruption cache) replaced by a name."""
+    args = shlex.split(command)
+    for i, a in enumerate(args[:-1]):
+        if a in ("--corruption-cache", "--cache-dir"):
+            args[i + 1] = "CACHE"
+    return shlex.join(args)
+
+
 def provenance(command: str | None = None) -> dict[str, Any]:
     return {
-        "command": command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": public_command(command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])),
         "git_sha": git_sha(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "hardware": hardware(),
@@ -289,6 +298,10 @@ def merge_result(path: Path, label: str, entry: dict[str, Any]) -> dict[str, Any
         entry.update(summarise(entry["corruptions"]))
         entry["figure"] = entry.get("figure") or old.get("figure")
     models[label] = entry
+    for m in models.values():  # entries written before commands were made public
+        prov = m.get("provenance") or {}
+        if prov.get("command"):
+            prov["command"] = public_command(prov["command"])
     data["generator"] = {
         "module": "cifarlab.corruptions",
         "version": cc.GENERATOR_VERSION,
