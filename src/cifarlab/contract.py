@@ -60,6 +60,12 @@ class ModelInfo:
     exporter: str | None = None
     opset: int | None = None
     cifarlab_version: str | None = None
+    # The graph's logits are already divided by this (fitted on held-out training images), so
+    # its softmax is the calibrated probability; None: an uncalibrated graph.
+    temperature: float | None = None
+    # Clean / JPEG-75 / mean-corruption accuracy and ECE, measured after export by
+    # `cifarlab robustness` and kept in the side-car JSON (a file cannot hold its own result).
+    robustness: dict[str, Any] | None = field(default=None, compare=False)
     # Not stored in the file itself (it cannot contain its own hash): filled in on load.
     sha256: str | None = field(default=None, compare=False)
 
@@ -75,6 +81,7 @@ class ModelInfo:
         """String key/values for ONNX `metadata_props` (JSON-encoded values)."""
         data = asdict(self)
         data.pop("sha256")
+        data.pop("robustness")
         return {METADATA_PREFIX + k: json.dumps(v) for k, v in data.items() if v is not None}
 
     @classmethod
@@ -93,7 +100,7 @@ class ModelInfo:
                 ) from None
         if not values:
             log.warning("the model has no cifarlab metadata; assuming CIFAR-10 classes and stats")
-        known = {f for f in cls.__dataclass_fields__ if f != "sha256"}
+        known = {f for f in cls.__dataclass_fields__ if f not in ("sha256", "robustness")}
         unknown = sorted(set(values) - known)
         if unknown:
             log.warning("ignoring unknown model metadata keys: %s", ", ".join(unknown))

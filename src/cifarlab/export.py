@@ -100,6 +100,35 @@ def supports_cam(model: nn.Module) -> bool:
     )
 
 
+class TemperatureScaled(nn.Module):
+    """`model(x) / temperature`: calibrated logits baked into the exported graph."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ExportError(f"temperature must be > 0, got {temperature}")
+        self.model = model
+        self.temperature = float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) / self.temperature
+
+
+def run_temperature(meta: dict[str, Any], tta: bool) -> float:
+    """The temperature a run fitted on its held-out images for this TTA view.
+
+    `cifarlab fast-train --holdout F` stores one per view in the checkpoint's metrics.
+    """
+    temps = (meta.get("metrics") or {}).get("temperature")
+    view = "flip" if tta else "none"
+    if not isinstance(temps, dict) or not isinstance(temps.get(view), int | float):
+        raise ExportError(
+            "this run has no temperature fitted on held-out data; train it with "
+            "`cifarlab fast-train --holdout 0.05`, or pass --temperature VALUE"
+        )
+    return float(temps[view])
+
+
 @dataclass(frozen=True)
 class ParityReport:
     n_images: int
@@ -290,11 +319,13 @@ def export_run(
     parity_images: int = 1000,
     cache_dir: Path | None = None,
     images: np.ndarray | None = None,
+    temperature: float | str | None = None,
 ) -> ExportResult:
     """Export checkpoint `which` of `run_dir` to `out` (.onnx) plus its side-car JSON.
 
     The parity check runs on the first `parity_images` test images (`images` overrides them;
     0 skips the check). A failed check raises `ExportError` and writes nothing.
+    `temperature` ("auto": the run's held-out fit, or a number) divides the graph's logits.
     """
     from cifarlab.checkpoint import load_model_from_run
 
@@ -302,6 +333,16 @@ def export_run(
     if out.suffix != ".onnx":
         raise ExportError(f"--out {out} must end in .onnx (the side-car JSON goes beside it)")
     model, meta = load_model_from_run(run_dir, which=which)
+    if temperature == "auto":
+        temperature = run_temperature(meta, tta)
+    if temperature is not None:
+        try:
+            temperature = float(temperature)
+        except ValueError:
+            raise ExportError(
+                f"--temperature {temperature!r} is neither 'auto' nor a number"
+            ) from None
+        model = TemperatureScaled(model, temperature)
     classes = tuple(meta.get("classes") or CLASSES)
     env = _read_json(run_dir / "env.json")
     info = ModelInfo(
@@ -315,6 +356,7 @@ def export_run(
         training_command=_command_text(env.get("command")),
         run=f"{run_dir.name}/{which}",
         cifarlab_version=__version__,
+        temperature=temperature,
     )
     if images is None and parity_images > 0:
         images = _parity_images(parity_images, cache_dir)

@@ -28,6 +28,7 @@ from typing import Any
 
 from cifarlab.errors import CifarlabError
 from cifarlab.io import atomic_write_text, save_figure
+from cifarlab.robustness import section_block
 from cifarlab.runinfo import git_sha, hardware_line, write_result
 from cifarlab.runs import CONFUSION_FILE, EVAL_FILE, read_metrics, train_seconds
 
@@ -274,7 +275,11 @@ def _per_class_table(ev: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(
-    runs: list[dict[str, Any]], eda_figures: list[str], notes: str, results: dict[str, Any]
+    runs: list[dict[str, Any]],
+    eda_figures: list[str],
+    notes: str,
+    results: dict[str, Any],
+    robustness_section: list[str] | None = None,
 ) -> str:
     best = max(runs, key=lambda r: r["eval"]["test_accuracy"])
     ev0 = runs[0]["eval"]
@@ -329,6 +334,7 @@ def render_markdown(
         cmd = _command(r["env"])
         if cmd:
             out += [f"Command: `{cmd}`", ""]
+    out += robustness_section or []
     if eda_figures:
         out += ["## Exploratory data analysis", ""]
         for fig in eda_figures:
@@ -399,6 +405,8 @@ def build_report(
     notes_path = out / "NOTES.md"
     notes = notes_path.read_text() if notes_path.is_file() else ""
     report = out / "REPORT.md"
-    atomic_write_text(report, render_markdown(loaded, eda, notes, results))
+    robust = out / "robustness.json"  # written by `cifarlab robustness`
+    section = section_block(json.loads(robust.read_text())) if robust.is_file() else []
+    atomic_write_text(report, render_markdown(loaded, eda, notes, results, section))
     log.info("report with %d runs written to %s", len(loaded), report)
     return report

@@ -15,10 +15,18 @@ import sys
 from collections.abc import Sequence
 
 from cifarlab import __version__
-from cifarlab.cli import data_cmds, eval_cmds, fast_cmds, render_cmds, serve_cmds, train_cmds
+from cifarlab.cli import (
+    data_cmds,
+    eval_cmds,
+    fast_cmds,
+    render_cmds,
+    robust_cmds,
+    serve_cmds,
+    train_cmds,
+)
 from cifarlab.errors import CifarlabError
 
-_AREAS = (data_cmds, train_cmds, eval_cmds, fast_cmds, serve_cmds, render_cmds)
+_AREAS = (data_cmds, train_cmds, eval_cmds, fast_cmds, robust_cmds, serve_cmds, render_cmds)
 
 
 class CLIError(CifarlabError):

@@ -54,6 +54,12 @@ def _add_export(sub: Any) -> None:
         help="test images for the PyTorch parity check (0 skips it; default 1000)",
     )
     p.add_argument("--cache-dir", type=Path, default=None, help="prepared data cache")
+    p.add_argument(
+        "--temperature",
+        default=None,
+        metavar="auto|T",
+        help="divide the graph's logits by T ('auto': the run's held-out fit); default none",
+    )
     p.set_defaults(func=_export)
 
 
@@ -67,6 +73,7 @@ def _export(args: argparse.Namespace) -> int:
         tta=args.tta,
         parity_images=args.parity_images,
         cache_dir=args.cache_dir,
+        temperature=args.temperature,
     )
     info = result.info
     acc = "unknown" if info.test_accuracy is None else f"{info.test_accuracy:.4f}"

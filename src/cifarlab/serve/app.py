@@ -85,6 +85,14 @@ class ModelDescription(BaseModel):
     test_accuracy: float | None
     tta: bool
     created: str | None
+    temperature: float | None = Field(
+        default=None, description="the graph's logits are divided by this (held-out fit)"
+    )
+    robustness: dict[str, Any] | None = Field(
+        default=None,
+        description="clean, JPEG-75 and mean-corruption accuracy and ECE of this file, from "
+        "reports/robustness.json via the side-car JSON",
+    )
 
 
 class BatchingDescription(BaseModel):
@@ -537,6 +545,8 @@ async def health(request: Request) -> HealthResponse:
             test_accuracy=info.test_accuracy,
             tta=info.tta,
             created=info.created,
+            temperature=info.temperature,
+            robustness=info.robustness,
         ),
         onnxruntime_version=ort.__version__,
         cifarlab_version=__version__,

@@ -12,9 +12,11 @@ per image. The model's description (`cifarlab.contract.ModelInfo`) lives in the 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -83,6 +85,19 @@ def postprocess(
     return out
 
 
+def _sidecar_robustness(path: Path, sha256: str) -> dict[str, Any] | None:
+    """The `robustness` summary of the side-car JSON, if it describes this very file."""
+    side = path.with_suffix(".json")
+    try:
+        data = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    summary = data.get("robustness") if isinstance(data, dict) else None
+    if not isinstance(summary, dict) or data.get("sha256") != sha256:
+        return None
+    return summary
+
+
 class Predictor:
     """An ONNX Runtime session plus the model's metadata; safe to call from one thread."""
 
@@ -115,7 +130,10 @@ class Predictor:
         self.path = path
         props = self.session.get_modelmeta().custom_metadata_map
         info = ModelInfo.from_props(props, default_name=path.stem)
-        self.info = ModelInfo(**{**asdict(info), "sha256": sha256_file(path)})
+        sha = sha256_file(path)
+        self.info = ModelInfo(
+            **{**asdict(info), "sha256": sha, "robustness": _sidecar_robustness(path, sha)}
+        )
         self._check_contract()
 
     @classmethod
