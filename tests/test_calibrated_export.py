@@ -34,8 +34,9 @@ def _tiny_run(tmp: Path) -> Path:
         threads=1,
         lr=2.0,
         holdout=0.25,
+        seed=0,
     )
-    fast.train(cfg, (images, labels), None, run_dir=tmp / "run", seed=0)
+    fast.train(cfg, (images, labels), None, run_dir=tmp / "run")
     return tmp / "run"
 
 
