@@ -165,122 +165,6 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Markdown tables from the JSON (docs/fast-training.md blocks `<!-- bench:NAME:start/end -->`)
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
-
-
-def table_results(d: dict[str, Any]) -> str:
-    """Per-seed results, then the summary line against the targets."""
-    rows = [
-        "| seed | test acc (TTA) | no TTA | wall s | reference s (own probes) | ratio | "
-        "train img/s | GFLOP/s | precision |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in d["runs"]:
-        rows.append(
-            f"| {r['seed']} | {_pct(r['test_accuracy'])} | {_pct(r['test_accuracy_no_tta'])} | "
-            f"{r['wall_seconds']:.0f} | {r['reference_seconds']:.0f} | "
-            f"{r['ratio_to_own_probes']:.3f} | {r['images_per_second']:.0f} | "
-            f"{r['gflops_per_second']:.0f} | {r['precision']} |"
-        )
-    ref = d["reference"]
-    rows.append(
-        f"| **all {len(d['runs'])}** | **{_pct(d['mean_accuracy'])} +- "
-        f"{100 * d['std_accuracy']:.2f}** (min {_pct(d['min_accuracy'])}) | "
-        f"{_pct(d['mean_accuracy_no_tta'])} | median {d['median_wall_seconds']:.0f} | "
-        f"{d['reference_seconds']:.0f} (median of {len(ref['probes'])} probes: "
-        f"{ref['median_images_per_second']:.0f} img/s, TTA {ref['median_eval_seconds']:.0f} s) | "
-        f"**{d['ratio_to_reference']:.3f}** | | | |"
-    )
-    t = d.get("targets")
-    if t:
-        verdict = "met" if t["met"] else "not met"
-        rows.append("")
-        rows.append(
-            f"Target (mean >= {_pct(t['mean_accuracy'])} over >= {t['seeds']} seeds, ratio <= "
-            f"{t['ratio_to_reference']}): **{verdict}**; {t['seeds_at_accuracy']} of "
-            f"{t['seeds_run']} seeds reached {_pct(t['mean_accuracy'])}, "
-            f"{t['seeds_within_ratio']} of {t['seeds_run']} were within the ratio of their "
-            "own probes."
-        )
-    hw = d["hardware"]
-    rows.append("")
-    rows.append(
-        f"Hardware: {hw['cpu']}, {hw['cores']} cores (avx512_bf16 {hw['avx512_bf16']}, "
-        f"amx_bf16 {hw['amx_bf16']}); torch {d['torch']}; commands: "
-        + "; ".join(f"`{c}`" for c in d["commands"])
-    )
-    return "\n".join(rows)
-
-
-def table_ablation(d: dict[str, Any]) -> str:
-    rows = [
-        "| variant | overrides | seeds | test acc (TTA) | no TTA | wall s | ratio to reference |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for label, v in d["variants"].items():
-        sets = ", ".join(f"`{k}={json.dumps(x)}`" for k, x in v["overrides"].items()) or "-"
-        rows.append(
-            f"| {label} | {sets} | {len(v['runs'])} | {_pct(v['mean_accuracy'])} | "
-            f"{_pct(v['mean_accuracy_no_tta'])} | {v['median_wall_seconds']:.0f} | "
-            f"{v['ratio_to_reference']:.3f} |"
-        )
-    return "\n".join(rows)
-
-
-def table_profile(d: dict[str, Any], top: int = 6) -> str:
-    rows = []
-    for s in d["sizes"]:
-        shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in s["time_share"].items() if v >= 0.01)
-        rows.append(
-            f"**{s['size']} px** ({d['precision']}, batch {d['batch_size']}): "
-            f"{s['images_per_second']:.0f} img/s = {s['gflops_per_second']:.0f} GFLOP/s. "
-            f"Self time: {shares}."
-        )
-        rows.append("")
-        rows.append("| conv call | input shapes | share of step | ms per step | GFLOP/s |")
-        rows.append("|---|---|---|---|---|")
-        for c in s["convolutions"][:top]:
-            gf = "" if c["gflops_per_second"] is None else f"{c['gflops_per_second']:.0f}"
-            rows.append(
-                f"| {c['op']} | {c['input_shapes']} | {100 * c['share']:.1f}% | "
-                f"{c['ms_per_step']:.0f} | {gf} |"
-            )
-        rows.append("")
-    return "\n".join(rows).rstrip()
-
-
-def render_docs(doc: Path, bench_dir: Path) -> None:
-    """Rewrite the marked blocks of `doc` from the JSON files in `bench_dir`."""
-    import re
-
-    makers = {
-        "fast-results-fast94": ("fast_training_fast94.json", table_results),
-        "fast-results-quick": ("fast_training_quick.json", table_results),
-        "fast-ablation-fast94": ("fast_training_fast94_ablation.json", table_ablation),
-        "fast-profile-fast94": ("fast_training_layers_fast94.json", table_profile),
-    }
-
-    def sub(m: re.Match[str]) -> str:
-        name = m.group(1)
-        if name not in makers:
-            return m.group(0)
-        file, fn = makers[name]
-        path = bench_dir / file
-        body = fn(json.loads(path.read_text())) if path.is_file() else f"(no {file} yet)"
-        return f"<!-- bench:{name}:start -->\n{body}\n<!-- bench:{name}:end -->"
-
-    text = doc.read_text()
-    new = re.sub(r"<!-- bench:([\w.-]+):start -->.*?<!-- bench:\1:end -->", sub, text, flags=re.S)
-    from cifarlab.io import atomic_write_text
-
-    atomic_write_text(doc, new)
-
-
-# --------------------------------------------------------------------------------------------
 # Measurements
 
 
@@ -358,11 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--render",
         action="store_true",
-        help="only rewrite the tables of docs/fast-training.md from the committed JSON",
+        help="only re-render the docs from the committed JSON (same as `cifarlab render`)",
     )
     args = p.parse_args(argv)
     if args.render:
-        render_docs(REPO / "docs" / "fast-training.md", REPO / "reports" / "bench")
+        from cifarlab.render import render
+
+        render(REPO)  # the one renderer: every marked block, this bench's tables among them
         return 0
 
     overrides = parse_set(args.set)

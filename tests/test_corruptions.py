@@ -138,14 +138,14 @@ def test_measure_scores_clean_jpeg_and_corruptions_and_merges(tmp_path: Path) ->
 def test_health_shows_the_robustness_summary_of_this_very_file(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
+    from cifarlab.io import sha256_file
     from cifarlab.serve.app import create_app
-    from cifarlab.serve.predictor import file_sha256
     from cifarlab.serve.settings import Settings
     from tiny_onnx import write_tiny_model
 
     model = write_tiny_model(tmp_path / "m.onnx")
     side = model.with_suffix(".json")
-    side.write_text(json.dumps({"sha256": file_sha256(model)}))
+    side.write_text(json.dumps({"sha256": sha256_file(model)}))
     entry = {
         "clean": {"accuracy": 0.9, "ece": 0.01},
         "jpeg": {"75": {"accuracy": 0.88, "ece": 0.02}},

@@ -258,14 +258,15 @@ def test_fast_train_killed_mid_epoch_resumes_to_the_same_weights(
         from cifarlab import fast
         from test_engine import _fast_cfg, _images
 
-        real = fast.Lookahead.after_step
+        real = fast.StepSchedule.before_step
 
-        def after_step(self, steps_done):
-            real(self, steps_done)
-            if steps_done == 12:
+        # every fast recipe schedules its lr, with or without lookahead
+        def before_step(self, step):
+            if step == 12:
                 os.kill(os.getpid(), signal.SIGKILL)
+            real(self, step)
 
-        fast.Lookahead.after_step = after_step
+        fast.StepSchedule.before_step = before_step
         x, y = _images(256)
         fast.train(_fast_cfg(), (x, y), (x[:64], y[:64]), {str(killed)!r})
         """
@@ -344,7 +345,8 @@ def test_generated_flags_override_the_preset_with_typed_values() -> None:
         "epochs": 2.5,
     }  # fmt: skip
     cfg = fast.get_preset(args.preset, **given)
-    assert cfg.batch_size == 512 and cfg.widths == (8, 16, 16)  # the rest stays the preset's
+    preset = fast.PRESETS["quick"]
+    assert cfg.batch_size == preset.batch_size and cfg.widths == (8, 16, 16)  # the rest: preset's
     args = build_parser().parse_args(["train", "--model-kwarg", "drop_fc=0.1", "--no-progress"])
     assert overrides(args, StandardRecipe) == {"model_kwargs": {"drop_fc": 0.1}, "progress": False}
 

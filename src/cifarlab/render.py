@@ -132,7 +132,8 @@ def made_by(data: dict[str, Any]) -> str:
     """'`command` on <date> (<machine>)' for a result file."""
     prov = provenance_of(data)
     date = str(prov.get("date") or "")[:10]
-    return f"`{prov.get('command')}` on {date} ({machine(data)})"
+    command = prov.get("command") or "; ".join(data.get("commands") or [])  # --append: several
+    return f"`{command}` on {date} ({machine(data)})"
 
 
 # ---------------------------------------------------------------- rendering
@@ -171,13 +172,7 @@ def report_text(root: Path) -> str | None:
         return None
     results = json.loads(results_path.read_text())
     runs = [report.load_run(root / "reports" / "runs" / m["name"]) for m in results["models"]]
-    figs = root / "reports" / "figures"
-    eda = sorted(
-        f"figures/{p.name}" for p in figs.glob("*.png") if p.name not in report.OWN_FIGURES
-    )
-    notes_path = root / "reports" / "NOTES.md"
-    notes = notes_path.read_text() if notes_path.is_file() else ""
-    return report.render_markdown(runs, eda, notes, results)
+    return report.report_markdown(root / "reports", runs, results)
 
 
 def render(root: str | Path = ".", check: bool = False) -> list[Path]:
@@ -373,6 +368,133 @@ def _fast_fast94(root: Path) -> str:
     return (
         f"{pct(d['mean_accuracy'])} (mean over {n} seeds) in a median "
         f"{duration(d['median_wall_seconds'])} ({made_by(d)})"
+    )
+
+
+def fast_results_table(d: dict[str, Any]) -> str:
+    """Per-seed results, then the summary line against the targets."""
+    rows = [
+        "| seed | test acc (TTA) | no TTA | wall s | reference s (own probes) | ratio | "
+        "train img/s | GFLOP/s | precision |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in d["runs"]:
+        rows.append(
+            f"| {r['seed']} | {pct(r['test_accuracy'])} | {pct(r['test_accuracy_no_tta'])} | "
+            f"{r['wall_seconds']:.0f} | {r['reference_seconds']:.0f} | "
+            f"{r['ratio_to_own_probes']:.3f} | {r['images_per_second']:.0f} | "
+            f"{r['gflops_per_second']:.0f} | {r['precision']} |"
+        )
+    ref = d["reference"]
+    rows.append(
+        f"| **all {len(d['runs'])}** | **{pct(d['mean_accuracy'])} +- "
+        f"{100 * d['std_accuracy']:.2f}** (min {pct(d['min_accuracy'])}) | "
+        f"{pct(d['mean_accuracy_no_tta'])} | median {d['median_wall_seconds']:.0f} | "
+        f"{d['reference_seconds']:.0f} (median of {len(ref['probes'])} probes: "
+        f"{ref['median_images_per_second']:.0f} img/s, TTA {ref['median_eval_seconds']:.0f} s) | "
+        f"**{d['ratio_to_reference']:.3f}** | | | |"
+    )
+    t = d.get("targets")
+    if t:
+        verdict = "met" if t["met"] else "not met"
+        rows.append("")
+        rows.append(
+            f"Target (mean >= {pct(t['mean_accuracy'])} over >= {t['seeds']} seeds, ratio <= "
+            f"{t['ratio_to_reference']}): **{verdict}**; {t['seeds_at_accuracy']} of "
+            f"{t['seeds_run']} seeds reached {pct(t['mean_accuracy'])}, "
+            f"{t['seeds_within_ratio']} of {t['seeds_run']} were within the ratio of their "
+            "own probes."
+        )
+    hw = d["hardware"]
+    rows.append("")
+    rows.append(
+        f"Hardware: {hw['cpu']}, {hw['cores']} cores (avx512_bf16 {hw['avx512_bf16']}, "
+        f"amx_bf16 {hw['amx_bf16']}); torch {d['torch']}; commands: "
+        + "; ".join(f"`{c}`" for c in d["commands"])
+    )
+    return "\n".join(rows)
+
+
+def fast_ablation_table(d: dict[str, Any]) -> str:
+    rows = [
+        "| variant | overrides | seeds | test acc (TTA) | no TTA | wall s | ratio to reference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, v in d["variants"].items():
+        sets = ", ".join(f"`{k}={json.dumps(x)}`" for k, x in v["overrides"].items()) or "-"
+        rows.append(
+            f"| {label} | {sets} | {len(v['runs'])} | {pct(v['mean_accuracy'])} | "
+            f"{pct(v['mean_accuracy_no_tta'])} | {v['median_wall_seconds']:.0f} | "
+            f"{v['ratio_to_reference']:.3f} |"
+        )
+    return "\n".join(rows)
+
+
+def fast_profile_table(d: dict[str, Any], top: int = 6) -> str:
+    rows = []
+    for s in d["sizes"]:
+        shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in s["time_share"].items() if v >= 0.01)
+        rows.append(
+            f"**{s['size']} px** ({d['precision']}, batch {d['batch_size']}): "
+            f"{s['images_per_second']:.0f} img/s = {s['gflops_per_second']:.0f} GFLOP/s. "
+            f"Self time: {shares}."
+        )
+        rows.append("")
+        rows.append("| conv call | input shapes | share of step | ms per step | GFLOP/s |")
+        rows.append("|---|---|---|---|---|")
+        for c in s["convolutions"][:top]:
+            gf = "" if c["gflops_per_second"] is None else f"{c['gflops_per_second']:.0f}"
+            rows.append(
+                f"| {c['op']} | {c['input_shapes']} | {100 * c['share']:.1f}% | "
+                f"{c['ms_per_step']:.0f} | {gf} |"
+            )
+        rows.append("")
+    return "\n".join(rows).rstrip()
+
+
+def _fast_block(root: Path, rel: str, table: Callable[[dict[str, Any]], str], how: str) -> str:
+    if not (root / rel).is_file():  # a benchmark not run yet is said so, not hidden
+        return f"(no `{rel}` yet: `{how}` writes it)"
+    return "\n" + table(load(root, rel)) + "\n"
+
+
+@fragment("fast-results-fast94")
+def _fast_results_fast94(root: Path) -> str:
+    return _fast_block(
+        root,
+        "reports/bench/fast_training_fast94.json",
+        fast_results_table,
+        "python bench/fast_training.py --preset fast94 --seeds 5",
+    )
+
+
+@fragment("fast-results-quick")
+def _fast_results_quick(root: Path) -> str:
+    return _fast_block(
+        root,
+        "reports/bench/fast_training_quick.json",
+        fast_results_table,
+        "python bench/fast_training.py --preset quick --seeds 5",
+    )
+
+
+@fragment("fast-ablation-fast94")
+def _fast_ablation_fast94(root: Path) -> str:
+    return _fast_block(
+        root,
+        "reports/bench/fast_training_fast94_ablation.json",
+        fast_ablation_table,
+        "python bench/fast_training.py --preset fast94 --ablation LABEL --set KEY=VALUE",
+    )
+
+
+@fragment("fast-profile-fast94")
+def _fast_profile_fast94(root: Path) -> str:
+    return _fast_block(
+        root,
+        "reports/bench/fast_training_layers_fast94.json",
+        fast_profile_table,
+        "python bench/fast_profile.py --preset fast94",
     )
 
 

@@ -274,6 +274,21 @@ def _per_class_table(ev: dict[str, Any]) -> list[str]:
     return lines
 
 
+def report_markdown(out: Path, runs: list[dict[str, Any]], results: dict[str, Any]) -> str:
+    """REPORT.md for `runs` from what the reports folder `out` holds: EDA figures, NOTES.md and
+    the robustness section (`cifarlab robustness` writes robustness.json and its heatmaps)."""
+    eda = sorted(
+        f"figures/{p.name}"
+        for p in (out / "figures").glob("*.png")
+        if p.name not in OWN_FIGURES and not p.name.startswith("robustness_")
+    )
+    notes_path = out / "NOTES.md"
+    notes = notes_path.read_text() if notes_path.is_file() else ""
+    robust = out / "robustness.json"
+    section = section_block(json.loads(robust.read_text())) if robust.is_file() else []
+    return render_markdown(runs, eda, notes, results, section)
+
+
 def render_markdown(
     runs: list[dict[str, Any]],
     eda_figures: list[str],
@@ -401,12 +416,7 @@ def build_report(
         "git_sha": git_sha(),
     }
     results = write_result(out / "results.json", results)  # + the provenance block
-    eda = sorted(f"figures/{p.name}" for p in figs.glob("*.png") if p.name not in OWN_FIGURES)
-    notes_path = out / "NOTES.md"
-    notes = notes_path.read_text() if notes_path.is_file() else ""
     report = out / "REPORT.md"
-    robust = out / "robustness.json"  # written by `cifarlab robustness`
-    section = section_block(json.loads(robust.read_text())) if robust.is_file() else []
-    atomic_write_text(report, render_markdown(loaded, eda, notes, results, section))
+    atomic_write_text(report, report_markdown(out, loaded, results))
     log.info("report with %d runs written to %s", len(loaded), report)
     return report
