@@ -626,6 +626,16 @@ def _serving_readme(root: Path) -> str:
         if naive
         else ""
     )
+    measured = d["model_alone"].get("model_version")
+    current = str(meta.get("sha256") or "")[:12]
+    if measured and current and measured != current:  # the bundled file changed since the run
+        return (
+            f"measured with an earlier bundled model (version `{measured}`; today's is "
+            f"`{current}`, not load-tested yet): `/predict` served a median "
+            f"{c32['req_per_s']:.0f} req/s at 32 concurrent clients with p99 "
+            f"{c32['p99_ms']:.0f} ms{speedup}, and p50 {c1['p50_ms']:.1f} ms at one client "
+            f"({made_by(d)}). {_serving_summary(root)}"
+        )
     return (
         f"with the bundled model (`{meta['name']}`, {pct(meta['test_accuracy'])} test accuracy "
         f"in its metadata, TTA {meta['tta']}, {onnx.stat().st_size / 1e6:.1f} MB ONNX), "
