@@ -16,6 +16,7 @@ from cifarlab import fast
 from cifarlab.checkpoint import load_model_from_run
 from cifarlab.export import ExportError, export_run
 from cifarlab.serve.predictor import Predictor, preprocess
+from test_fast import _tiny_cfg  # one tiny fast recipe for the tests
 
 
 def _tiny_run(tmp: Path) -> Path:
@@ -23,19 +24,7 @@ def _tiny_run(tmp: Path) -> Path:
     labels = rng.integers(0, 10, 320).astype(np.int64)
     images = rng.integers(0, 60, (320, 32, 32, 3)).astype(np.uint8)
     images[:, 8:24, 8:24, :] = rng.integers(0, 256, (10, 3))[labels][:, None, None, :]
-    cfg = fast.get_preset(
-        "quick",
-        epochs=2.0,
-        low_res_epochs=1,
-        batch_size=32,
-        widths=(8, 16, 16),
-        whiten_samples=64,
-        eval_batch_size=64,
-        threads=1,
-        lr=2.0,
-        holdout=0.25,
-        seed=0,
-    )
+    cfg = _tiny_cfg(epochs=2.0, holdout=0.25, seed=0)
     fast.train(cfg, (images, labels), None, run_dir=tmp / "run")
     return tmp / "run"
 

@@ -35,6 +35,7 @@ import json
 import re
 import statistics
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -452,50 +453,37 @@ def fast_profile_table(d: dict[str, Any], top: int = 6) -> str:
     return "\n".join(rows).rstrip()
 
 
-def _fast_block(root: Path, rel: str, table: Callable[[dict[str, Any]], str], how: str) -> str:
+def _fast_block(root: Path, *, rel: str, table: Callable[[dict[str, Any]], str], how: str) -> str:
     if not (root / rel).is_file():  # a benchmark not run yet is said so, not hidden
         return f"(no `{rel}` yet: `{how}` writes it)"
     return "\n" + table(load(root, rel)) + "\n"
 
 
-@fragment("fast-results-fast94")
-def _fast_results_fast94(root: Path) -> str:
-    return _fast_block(
-        root,
-        "reports/bench/fast_training_fast94.json",
+# block name -> (bench JSON, table, the command that writes the JSON)
+_FAST_BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str], str]] = {
+    "fast-results-fast94": (
+        "fast_training_fast94.json",
         fast_results_table,
         "python bench/fast_training.py --preset fast94 --seeds 5",
-    )
-
-
-@fragment("fast-results-quick")
-def _fast_results_quick(root: Path) -> str:
-    return _fast_block(
-        root,
-        "reports/bench/fast_training_quick.json",
+    ),
+    "fast-results-quick": (
+        "fast_training_quick.json",
         fast_results_table,
         "python bench/fast_training.py --preset quick --seeds 5",
-    )
-
-
-@fragment("fast-ablation-fast94")
-def _fast_ablation_fast94(root: Path) -> str:
-    return _fast_block(
-        root,
-        "reports/bench/fast_training_fast94_ablation.json",
+    ),
+    "fast-ablation-fast94": (
+        "fast_training_fast94_ablation.json",
         fast_ablation_table,
         "python bench/fast_training.py --preset fast94 --ablation LABEL --set KEY=VALUE",
-    )
-
-
-@fragment("fast-profile-fast94")
-def _fast_profile_fast94(root: Path) -> str:
-    return _fast_block(
-        root,
-        "reports/bench/fast_training_layers_fast94.json",
+    ),
+    "fast-profile-fast94": (
+        "fast_training_layers_fast94.json",
         fast_profile_table,
         "python bench/fast_profile.py --preset fast94",
-    )
+    ),
+}
+for _name, (_file, _table, _how) in _FAST_BLOCKS.items():
+    fragment(_name)(partial(_fast_block, rel=f"reports/bench/{_file}", table=_table, how=_how))
 
 
 # ---------------------------------------------------------------- fragments: serving

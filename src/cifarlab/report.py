@@ -28,6 +28,8 @@ from typing import Any
 
 from cifarlab.errors import CifarlabError
 from cifarlab.io import atomic_write_text, save_figure
+from cifarlab.render import duration as _duration
+from cifarlab.render import pct as _pct
 from cifarlab.robustness import section_block
 from cifarlab.runinfo import git_sha, hardware_line, write_result
 from cifarlab.runs import CONFUSION_FILE, EVAL_FILE, read_metrics, train_seconds
@@ -184,18 +186,6 @@ def plot_comparison(runs: list[dict[str, Any]], path: Path) -> Path:
 
 
 # ---------------------------------------------------------------- markdown
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    if seconds >= 60:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds:.0f} s"
 
 
 def _results_table(runs: list[dict[str, Any]]) -> list[str]:
