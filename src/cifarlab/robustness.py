@@ -40,7 +40,7 @@ from cifarlab import corruptions as cc
 from cifarlab.errors import CifarlabError
 from cifarlab.io import atomic_write_bytes, sha256_file, write_json_atomic
 from cifarlab.jpeg import reencode
-from cifarlab.runinfo import git_sha, hardware
+from cifarlab.runinfo import git_sha, hardware, write_result
 
 log = logging.getLogger(__name__)
 
@@ -311,8 +311,8 @@ def merge_result(path: Path, label: str, entry: dict[str, Any]) -> dict[str, Any
         "jpeg_encoder": "Pillow, default 4:2:0 subsampling",
     }
     data["anchor"] = ANCHOR
-    write_json_atomic(path, data)
-    return data
+    data.pop("provenance", None)  # the file's own block describes this latest write
+    return write_result(path, data)
 
 
 def summary(label: str, entry: dict[str, Any]) -> dict[str, Any]:
